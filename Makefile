@@ -1,0 +1,45 @@
+# One-command set-up: every target creates .venv and installs what it needs.
+#   make demo    train EigenProClassifier on MNIST (or bundled digits) and print accuracy and time
+#   make test    run the whole test suite
+#   make lint    ruff
+#   make bench   the benchmark studies (long; see benchmarks/README.md)
+#
+# TORCH_SPEC picks the torch build installed first, before the package. Empty (the default)
+# lets pip choose; CPU-only machines can save gigabytes with e.g.
+#   make test TORCH_SPEC="torch==2.13.0"        (a CPU wheel, where one is cached locally)
+#   make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.eigenpro-installed
+
+.PHONY: demo test lint bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -n "$(TORCH_SPEC)" ]; then \
+		echo "installing $(TORCH_SPEC) first"; \
+		$(PY) -m pip install -q $(TORCH_SPEC); \
+	fi
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check eigenpro tests benchmarks examples
+	$(VENV)/bin/ruff format --check eigenpro tests benchmarks examples
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

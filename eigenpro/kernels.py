@@ -1,0 +1,360 @@
+"""Kernel functions evaluated blockwise on torch tensors.
+
+A :class:`Kernel` maps two row sets ``X`` (m x d) and ``Z`` (p x d) to the block
+``K(X, Z)`` (m x p) on the tensors' own device and dtype. The full n x n matrix is never
+needed: :func:`kernel_matmul` multiplies ``K(X, Z) @ W`` block by block, and is the single
+place where the package does blocked kernel products.
+
+Radial kernels share one squared-distance computation (clamped at 0 against round-off)
+and apply their profile in place.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+
+__all__ = [
+    "Kernel",
+    "RadialKernel",
+    "GaussianKernel",
+    "LaplacianKernel",
+    "CauchyKernel",
+    "MaternKernel",
+    "PolynomialKernel",
+    "LinearKernel",
+    "CallableKernel",
+    "KERNELS",
+    "get_kernel",
+    "squared_distances",
+    "kernel_matmul",
+]
+
+
+def squared_distances(
+    X: torch.Tensor,
+    Z: torch.Tensor,
+    x_sq_norms: torch.Tensor | None = None,
+    z_sq_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pairwise squared Euclidean distances ``|x_i - z_j|^2``, clamped at 0.
+
+    Uses ``|x|^2 + |z|^2 - 2 x.z`` (one matrix product); pass precomputed squared row norms
+    to avoid recomputing them for a fixed set of centers.
+    """
+    if x_sq_norms is None:
+        x_sq_norms = X.pow(2).sum(dim=1)
+    if z_sq_norms is None:
+        z_sq_norms = Z.pow(2).sum(dim=1)
+    dist = torch.addmm(z_sq_norms.unsqueeze(0), X, Z.T, alpha=-2.0)
+    dist.add_(x_sq_norms.unsqueeze(1))
+    return dist.clamp_(min=0.0)
+
+
+class Kernel(ABC):
+    """Base class: a positive semi-definite kernel evaluated on torch tensors.
+
+    Subclasses implement :meth:`block` and :meth:`diag`; :meth:`row_stats` may return a
+    per-row statistic (e.g. squared norms) that :meth:`block` reuses, so that fixed centers
+    are preprocessed once.
+    """
+
+    name = "kernel"
+
+    def row_stats(self, X: torch.Tensor) -> torch.Tensor | None:
+        """Per-row statistic reused by :meth:`block` (None when the kernel needs none)."""
+        return None
+
+    @abstractmethod
+    def block(
+        self,
+        X: torch.Tensor,
+        Z: torch.Tensor,
+        x_stats: torch.Tensor | None = None,
+        z_stats: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The kernel block ``K(X, Z)`` of shape (len(X), len(Z))."""
+
+    @abstractmethod
+    def diag(self, X: torch.Tensor) -> torch.Tensor:
+        """The diagonal ``k(x_i, x_i)`` for every row of ``X``."""
+
+    def __call__(self, X: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+        return self.block(X, Z, self.row_stats(X), self.row_stats(Z))
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class RadialKernel(Kernel):
+    """A kernel ``k(x, z) = phi(|x - z|^2)`` with a positive ``bandwidth``."""
+
+    def __init__(self, bandwidth: float = 1.0):
+        bandwidth = float(bandwidth)
+        if not math.isfinite(bandwidth) or bandwidth <= 0:
+            raise ValueError(f"bandwidth must be a positive finite number; got {bandwidth!r}")
+        self.bandwidth = bandwidth
+
+    def row_stats(self, X: torch.Tensor) -> torch.Tensor:
+        return X.pow(2).sum(dim=1)
+
+    @abstractmethod
+    def profile_(self, sq_dist: torch.Tensor) -> torch.Tensor:
+        """Turn squared distances into kernel values, in place."""
+
+    def block(self, X, Z, x_stats=None, z_stats=None):
+        return self.profile_(squared_distances(X, Z, x_stats, z_stats))
+
+    def diag(self, X):
+        return self.profile_(torch.zeros(X.shape[0], dtype=X.dtype, device=X.device))
+
+
+class GaussianKernel(RadialKernel):
+    """Gaussian (RBF) kernel ``exp(-|x - z|^2 / (2 bandwidth^2))``."""
+
+    name = "gaussian"
+
+    def profile_(self, sq_dist):
+        return sq_dist.mul_(-0.5 / self.bandwidth**2).exp_()
+
+
+class LaplacianKernel(RadialKernel):
+    """Laplacian kernel ``exp(-|x - z| / bandwidth)`` (Euclidean norm)."""
+
+    name = "laplacian"
+
+    def profile_(self, sq_dist):
+        return sq_dist.sqrt_().mul_(-1.0 / self.bandwidth).exp_()
+
+
+class CauchyKernel(RadialKernel):
+    """Cauchy kernel ``1 / (1 + |x - z|^2 / bandwidth^2)``."""
+
+    name = "cauchy"
+
+    def profile_(self, sq_dist):
+        return sq_dist.mul_(1.0 / self.bandwidth**2).add_(1.0).reciprocal_()
+
+
+class MaternKernel(RadialKernel):
+    """Matern kernel with smoothness ``nu`` in {0.5, 1.5, 2.5} and length scale ``bandwidth``.
+
+    Same convention as :class:`sklearn.gaussian_process.kernels.Matern`; ``nu=0.5`` is the
+    Laplacian kernel.
+    """
+
+    name = "matern"
+
+    def __init__(self, bandwidth: float = 1.0, nu: float = 1.5):
+        super().__init__(bandwidth)
+        if nu not in (0.5, 1.5, 2.5):
+            raise ValueError(f"Matern kernel supports nu in (0.5, 1.5, 2.5); got nu={nu!r}")
+        self.nu = float(nu)
+
+    def profile_(self, sq_dist):
+        scale = math.sqrt(2.0 * self.nu) / self.bandwidth
+        r = sq_dist.sqrt_().mul_(scale)  # scaled distance, in place
+        if self.nu == 0.5:
+            return r.neg_().exp_()
+        decay = torch.exp(-r)
+        if self.nu == 1.5:
+            poly = r.add_(1.0)
+        else:  # 2.5: 1 + r + r^2 / 3
+            poly = r.pow(2).div_(3.0).add_(r).add_(1.0)
+        return poly.mul_(decay)
+
+
+class PolynomialKernel(Kernel):
+    """Polynomial kernel ``(gamma <x, z> + coef0) ^ degree``; ``gamma=None`` means 1 / d."""
+
+    name = "polynomial"
+
+    def __init__(self, degree: int = 3, gamma: float | None = None, coef0: float = 1.0):
+        if int(degree) != degree or degree < 1:
+            raise ValueError(f"degree must be a positive integer; got {degree!r}")
+        if gamma is not None and not (math.isfinite(gamma) and gamma > 0):
+            raise ValueError(f"gamma must be None or a positive number; got {gamma!r}")
+        if not math.isfinite(coef0) or coef0 < 0:
+            raise ValueError(f"coef0 must be a non-negative number; got {coef0!r}")
+        self.degree = int(degree)
+        self.gamma = gamma
+        self.coef0 = float(coef0)
+
+    def _gamma(self, d: int) -> float:
+        return 1.0 / d if self.gamma is None else float(self.gamma)
+
+    def block(self, X, Z, x_stats=None, z_stats=None):
+        gram = X @ Z.T
+        return gram.mul_(self._gamma(X.shape[1])).add_(self.coef0).pow_(self.degree)
+
+    def diag(self, X):
+        return (X.pow(2).sum(dim=1) * self._gamma(X.shape[1]) + self.coef0).pow_(self.degree)
+
+
+class LinearKernel(Kernel):
+    """Linear kernel ``<x, z>``."""
+
+    name = "linear"
+
+    def block(self, X, Z, x_stats=None, z_stats=None):
+        return X @ Z.T
+
+    def diag(self, X):
+        return X.pow(2).sum(dim=1)
+
+
+class CallableKernel(Kernel):
+    """Wrap a user function ``fn(X, Z, **params) -> (len(X), len(Z))`` matrix.
+
+    The function receives torch tensors on the fitting device and should return a torch
+    tensor (array-likes are converted). It must be symmetric positive semi-definite for
+    EigenPro to converge.
+    """
+
+    name = "callable"
+
+    def __init__(self, fn: Callable, **params):
+        if not callable(fn):
+            raise TypeError(f"kernel must be a name or a callable; got {type(fn).__name__}")
+        self.fn = fn
+        self.params = params
+
+    def block(self, X, Z, x_stats=None, z_stats=None):
+        out = self.fn(X, Z, **self.params)
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(out)
+        out = out.to(device=X.device, dtype=X.dtype)
+        if out.shape != (X.shape[0], Z.shape[0]):
+            raise ValueError(
+                f"the kernel callable returned shape {tuple(out.shape)} for inputs with "
+                f"{X.shape[0]} and {Z.shape[0]} rows; expected ({X.shape[0]}, {Z.shape[0]})"
+            )
+        return out
+
+    def diag(self, X):
+        chunk = 512
+        parts = [
+            self.block(X[i : i + chunk], X[i : i + chunk]).diagonal()
+            for i in range(0, len(X), chunk)
+        ]
+        return torch.cat(parts) if parts else X.new_zeros(0)
+
+
+KERNELS: dict[str, type[Kernel]] = {
+    "gaussian": GaussianKernel,
+    "rbf": GaussianKernel,
+    "laplacian": LaplacianKernel,
+    "laplace": LaplacianKernel,
+    "cauchy": CauchyKernel,
+    "matern": MaternKernel,
+    "polynomial": PolynomialKernel,
+    "poly": PolynomialKernel,
+    "linear": LinearKernel,
+}
+
+
+def get_kernel(kernel: str | Callable | Kernel, bandwidth: float | None = None, **params) -> Kernel:
+    """Build a :class:`Kernel` from a name, a user callable or a ready kernel object.
+
+    Parameters
+    ----------
+    kernel : str, callable or Kernel
+        One of ``KERNELS`` (``"gaussian"``/``"rbf"``, ``"laplacian"``, ``"cauchy"``,
+        ``"matern"``, ``"polynomial"``, ``"linear"``), a function ``(X, Z) -> matrix``, or a
+        :class:`Kernel` instance (returned as is).
+    bandwidth : float, optional
+        Bandwidth of radial kernels; ignored by the others.
+    **params
+        Extra kernel parameters (``nu`` for Matern; ``degree``, ``gamma``, ``coef0`` for
+        polynomial; anything for a callable).
+    """
+    if isinstance(kernel, Kernel):
+        return kernel
+    if isinstance(kernel, str):
+        try:
+            cls = KERNELS[kernel.lower()]
+        except KeyError:
+            raise ValueError(
+                f"unknown kernel {kernel!r}; choose one of {sorted(KERNELS)} or pass a callable"
+            ) from None
+        if issubclass(cls, RadialKernel):
+            params = {"bandwidth": 1.0 if bandwidth is None else bandwidth, **params}
+        try:
+            return cls(**params)
+        except TypeError as exc:
+            raise ValueError(f"bad kernel_params for kernel {kernel!r}: {exc}") from None
+    if callable(kernel):
+        return CallableKernel(kernel, **params)
+    raise TypeError(f"kernel must be a name, a callable or a Kernel; got {type(kernel).__name__}")
+
+
+def _column_block_size(n_rows: int, n_cols: int, max_elements: int) -> int:
+    return max(1, min(n_cols, max_elements // max(n_rows, 1)))
+
+
+def kernel_matmul(
+    kernel: Kernel,
+    X: torch.Tensor,
+    Z: torch.Tensor,
+    W: torch.Tensor,
+    *,
+    z_stats: torch.Tensor | None = None,
+    max_block_elements: int = 2**24,
+    keep_columns: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Compute ``K(X, Z) @ W`` without holding more than one kernel block in memory.
+
+    Parameters
+    ----------
+    kernel : Kernel
+    X : Tensor of shape (m, d)
+    Z : Tensor of shape (p, d)
+        Centers.
+    W : Tensor of shape (p, l)
+        Coefficients.
+    z_stats : Tensor, optional
+        ``kernel.row_stats(Z)``, precomputed once for fixed centers.
+    max_block_elements : int
+        Largest kernel block (rows x columns) materialised at once.
+    keep_columns : LongTensor, optional
+        Sorted column indices ``J``; when given, also return ``K(X, Z[J])``, gathered from
+        the blocks already computed (no second kernel evaluation).
+
+    Returns
+    -------
+    out : Tensor of shape (m, l)
+    kept : Tensor of shape (m, len(J))
+        Only when ``keep_columns`` is given.
+    """
+    m, p = X.shape[0], Z.shape[0]
+    if z_stats is None:
+        z_stats = kernel.row_stats(Z)
+    out = torch.zeros(m, W.shape[1], dtype=W.dtype, device=W.device)
+    kept = None
+    if keep_columns is not None:
+        kept = torch.empty(m, keep_columns.numel(), dtype=X.dtype, device=X.device)
+    # Rows in chunks only when a full-width block of at least 256 rows would not fit.
+    min_rows = min(m, 256)
+    cols = _column_block_size(min_rows, p, max_block_elements)
+    rows = max(min_rows, max_block_elements // max(cols, 1)) if cols == p else min_rows
+    for r0 in range(0, m, rows):
+        Xr = X[r0 : r0 + rows]
+        x_stats = kernel.row_stats(Xr)
+        for c0 in range(0, p, cols):
+            c1 = min(p, c0 + cols)
+            zs = None if z_stats is None else z_stats[c0:c1]
+            block = kernel.block(Xr, Z[c0:c1], x_stats, zs)
+            out[r0 : r0 + rows].addmm_(block, W[c0:c1])
+            if kept is not None:
+                lo, hi = torch.searchsorted(
+                    keep_columns, torch.tensor([c0, c1], device=keep_columns.device)
+                ).tolist()
+                if hi > lo:
+                    kept[r0 : r0 + rows, lo:hi] = block[:, keep_columns[lo:hi] - c0]
+    if keep_columns is not None:
+        return out, kept
+    return out

@@ -1,0 +1,264 @@
+"""The EigenPro preconditioner and the automatic batch and step sizes of EigenPro 2.0.
+
+With the Nystrom eigensystem ``(lambda_i, u_i)`` of ``K_S / s`` on a subsample ``S``, the
+preconditioner ``P = I - sum_{i<=q} (1 - lambda_{q+1} / lambda_i) e_i (x) e_i`` flattens the
+top ``q`` eigenvalues of the kernel operator down to ``lambda_{q+1}``. Applied to a stochastic
+gradient it changes only the coefficients of ``S``::
+
+    alpha_S += (eta / m) * E @ diag(D) @ E.T @ K(X_S, X_B) @ r
+    E = U_q / sqrt(s),   D_i = (1 - lambda_{q+1} / lambda_i) / lambda_i
+
+``q = 0`` gives plain kernel SGD (no correction) with its own, much smaller, critical batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .eigensystem import nystrom_eigensystem
+from .kernels import Kernel
+
+__all__ = [
+    "EigenProPreconditioner",
+    "build_preconditioner",
+    "default_subsample_size",
+    "STEP_SAFETY",
+]
+
+#: Automatic step sizes are taken this fraction of the EigenPro 2.0 formula.
+STEP_SAFETY = 0.95
+#: Relative size under which an eigenvalue counts as numerically zero.
+EIGENVALUE_FLOOR = 1e-12
+#: Number of extra points, outside the subsample, on which beta is estimated.
+BETA_PROBES = 2000
+
+
+def default_subsample_size(n_centers: int) -> int:
+    """Subsample size used when ``subsample_size="auto"``: all points up to 4000, then 4000
+    up to 100k points, growing to 12000 for the largest problems (eigensolver cost stays
+    seconds)."""
+    if n_centers <= 100_000:
+        return min(n_centers, 4000)
+    return int(min(12_000, 4000 + (n_centers - 100_000) // 100))
+
+
+def default_max_components(subsample_size: int) -> int:
+    """Largest q tried when ``n_components="auto"``: a quarter of the subsample, at most 1000
+    (Nystrom estimates of eigenvalues deep in the spectrum are unreliable)."""
+    return max(0, min(1000, subsample_size // 4, subsample_size - 1))
+
+
+@dataclass
+class EigenProPreconditioner:
+    """The fitted EigenPro preconditioner.
+
+    Attributes
+    ----------
+    subsample_indices : LongTensor of shape (s,)
+        Sorted positions of the subsample ``S`` among the centers.
+    eigenvectors : Tensor of shape (s, q)
+        ``E = U_q / sqrt(s)`` in the training dtype.
+    scales : Tensor of shape (q,)
+        ``D_i = (1 - lambda_{q+1} / lambda_i) / lambda_i`` in the training dtype.
+    eigenvalues : Tensor of shape (k,)
+        All Nystrom eigenvalues computed (float64, decreasing, ridge shift included).
+    n_components : int
+        q, the number of flattened eigendirections (0: plain SGD).
+    top_eigenvalue : float
+        lambda_1.
+    tail_eigenvalue : float
+        lambda_{q+1}, the top eigenvalue of the preconditioned operator.
+    beta : float
+        ``max_x k_P(x, x)``, the largest diagonal of the preconditioned kernel.
+    """
+
+    subsample_indices: torch.Tensor
+    eigenvectors: torch.Tensor
+    scales: torch.Tensor
+    eigenvalues: torch.Tensor
+    n_components: int
+    top_eigenvalue: float
+    tail_eigenvalue: float
+    beta: float
+
+    @property
+    def critical_batch_size(self) -> float:
+        """``m* = beta / lambda_{q+1}``: up to this batch size, one epoch makes the progress
+        of batch-1 SGD."""
+        return self.beta / self.tail_eigenvalue
+
+    def step_size(self, batch_size: int) -> float:
+        """Step size ``eta`` for a batch of ``m`` points (EigenPro 2.0).
+
+        ``eta = m / beta`` up to the critical batch size ``m*`` (linear scaling: one epoch
+        makes the progress of batch-1 SGD on the preconditioned problem), then
+        ``2m / (beta + (m - 1) lambda_{q+1})``, which tends to ``2 / lambda_{q+1}``; both
+        times :data:`STEP_SAFETY`. At ``m = m*`` the step is ``1 / lambda_{q+1}``: for large
+        batches the flattened top eigendirections are solved in one step.
+        """
+        m = int(batch_size)
+        if m <= self.critical_batch_size:
+            return STEP_SAFETY * m / self.beta
+        return STEP_SAFETY * 2.0 * m / (self.beta + (m - 1) * self.tail_eigenvalue)
+
+    def auto_batch_size(self, max_batch_size: int, n_train: int) -> int:
+        """The critical batch size, bounded by ``max_batch_size`` and the data size."""
+        return int(max(1, min(math.floor(self.critical_batch_size), max_batch_size, n_train)))
+
+    def correction(
+        self, kmat_batch_subsample: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """``E diag(D) E^T K(X_S, X_B) r``, the change of the subsample's coefficients per
+        unit of ``eta / m`` (shape (s, l)).
+
+        Parameters
+        ----------
+        kmat_batch_subsample : Tensor of shape (m, s)
+            ``K(X_B, X_S)``, taken from the batch's kernel block.
+        residual : Tensor of shape (m, l)
+        """
+        projected = (kmat_batch_subsample @ self.eigenvectors).T @ residual  # (q, l)
+        return self.eigenvectors @ (self.scales.unsqueeze(1) * projected)
+
+
+def _preconditioned_diagonals(
+    kernel: Kernel,
+    X_sub: torch.Tensor,
+    X_probe: torch.Tensor,
+    eigenvalues: torch.Tensor,
+    eigenvectors: torch.Tensor,
+) -> torch.Tensor:
+    """``max_x k_P(x, x)`` over the probes for every q = 0 .. k-1 (float64, shape (k,)).
+
+    ``k_P(x, x) = k(x, x) - sum_{i<=q} (1 - lambda_{q+1}/lambda_i) e_i(x)^2``; on subsample
+    points ``e_i(x_j)^2 = s lambda_i u_ij^2``, elsewhere the Nystrom extension is evaluated.
+    """
+    s = X_sub.shape[0]
+    lam = eigenvalues
+    # e_i(x)^2 on the probes, one row per eigenfunction.
+    sq_sub = (s * lam).unsqueeze(1) * eigenvectors.T.pow(2)  # (k, s)
+    diag = kernel.diag(X_sub.to(torch.float64))
+    if X_probe.shape[0]:
+        probes64 = X_probe.to(torch.float64)
+        proj = eigenvectors.T @ kernel(X_sub.to(torch.float64), probes64)  # (k, P)
+        sq_probe = proj.pow_(2) / (s * lam).unsqueeze(1)
+        sq_sub = torch.cat([sq_sub, sq_probe], dim=1)
+        diag = torch.cat([diag, kernel.diag(probes64)])
+    k = lam.shape[0]
+    zero = torch.zeros(1, sq_sub.shape[1], dtype=torch.float64, device=sq_sub.device)
+    # Exclusive cumulative sums: row q sums eigenfunctions 0..q-1.
+    cum = torch.cat([zero, sq_sub.cumsum(0)[: k - 1]])
+    cum_scaled = torch.cat([zero, (sq_sub / lam.unsqueeze(1)).cumsum(0)[: k - 1]])
+    reduction = cum - lam.unsqueeze(1) * cum_scaled  # (k, P)
+    return (diag.unsqueeze(0) - reduction).amax(dim=1)
+
+
+def build_preconditioner(
+    kernel: Kernel,
+    centers: torch.Tensor,
+    *,
+    n_components: int | str = "auto",
+    subsample_size: int | str = "auto",
+    max_batch_size: int,
+    ridge: float = 0.0,
+    n_train: int | None = None,
+    rng: np.random.Generator | None = None,
+    eigen_method: str = "auto",
+    dtype: torch.dtype | None = None,
+) -> EigenProPreconditioner:
+    """Estimate the top eigensystem on a random subsample and build the preconditioner.
+
+    Parameters
+    ----------
+    kernel : Kernel
+    centers : Tensor of shape (p, d)
+        The model's centers (the training points for EigenPro 2).
+    n_components : "auto" or int
+        q. ``"auto"`` takes the largest q (up to :func:`default_max_components`) whose critical
+        batch size ``beta / lambda_{q+1}`` does not exceed ``max_batch_size``; 0 gives plain SGD.
+    subsample_size : "auto" or int
+        s, the Nystrom subsample size (:func:`default_subsample_size`).
+    max_batch_size : int
+        Largest batch the device handles (from the memory budget).
+    ridge : float
+        The ridge ``alpha`` of ``(K + alpha I) c = y``: eigenvalues shift by ``alpha / n``
+        and the diagonal by ``alpha``.
+    n_train : int, optional
+        Number of training points n (default: the number of centers).
+    rng : numpy Generator, optional
+        Draws the subsample and the probes.
+    eigen_method : {"auto", "exact", "randomized"}
+    dtype : torch dtype, optional
+        Dtype of the stored eigenvectors (default: the centers' dtype).
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    p = centers.shape[0]
+    n_train = p if n_train is None else n_train
+    dtype = centers.dtype if dtype is None else dtype
+    device = centers.device
+
+    s = default_subsample_size(p) if subsample_size == "auto" else int(subsample_size)
+    if not 1 <= s <= p:
+        raise ValueError(
+            f"subsample_size must be between 1 and the number of centers ({p}); got {s}"
+        )
+    if n_components == "auto":
+        n_eigen = default_max_components(s) + 1
+    else:
+        q = int(n_components)
+        if not 0 <= q < s:
+            raise ValueError(
+                f"n_components must be smaller than subsample_size (here {s}, with n_samples={p}); "
+                f"got {q}. Increase subsample_size or lower n_components."
+            )
+        n_eigen = q + 1
+
+    order = rng.permutation(p)
+    sub_idx = np.sort(order[:s])
+    probe_idx = order[s : s + min(BETA_PROBES, p - s)]
+    sub_idx_t = torch.as_tensor(sub_idx, device=device)
+    X_sub = centers[sub_idx_t]
+    X_probe = centers[torch.as_tensor(probe_idx, device=device)]
+
+    eig = nystrom_eigensystem(
+        kernel, X_sub, n_eigen, method=eigen_method, seed=int(rng.integers(2**31))
+    )
+    raw = eig.eigenvalues
+    if not (raw[0] > 0):
+        raise ValueError(
+            "the kernel matrix of the subsample has no positive eigenvalue; the kernel is not "
+            "positive definite on this data (check the kernel and its bandwidth)"
+        )
+    lam = raw + ridge / n_train
+    valid = int((raw > EIGENVALUE_FLOOR * raw[0]).sum())  # eigenvalues usable as lambda_{q+1}
+    betas = _preconditioned_diagonals(kernel, X_sub, X_probe, lam, eig.eigenvectors) + ridge
+    betas = torch.maximum(betas, lam)  # k_P(x, x) >= lambda_{q+1} always holds in exact arithmetic
+
+    if n_components == "auto":
+        crit = (betas / lam)[:valid]
+        fits = torch.nonzero(crit <= max_batch_size).flatten()
+        q = int(fits.max()) if fits.numel() else 0
+    elif q >= valid:
+        raise ValueError(
+            f"n_components={q} is too large: eigenvalue {q + 1} of the subsample kernel matrix is "
+            f"numerically zero (only {valid} are positive). Use fewer components."
+        )
+
+    vecs = eig.eigenvectors[:, :q]
+    top = lam[:q]
+    tail = float(lam[q])
+    scales = (1.0 - tail / top) / top
+    return EigenProPreconditioner(
+        subsample_indices=sub_idx_t,
+        eigenvectors=(vecs / math.sqrt(s)).to(dtype),
+        scales=scales.to(dtype),
+        eigenvalues=lam,
+        n_components=q,
+        top_eigenvalue=float(lam[0]),
+        tail_eigenvalue=tail,
+        beta=float(betas[q]),
+    )

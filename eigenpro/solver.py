@@ -1,0 +1,336 @@
+"""The EigenPro 2 iteration: preconditioned mini-batch SGD on kernel coefficients.
+
+One step on a batch ``B`` of ``m`` points (DESIGN.md section 1)::
+
+    r        = K(X_B, Z) @ alpha - Y_B  (+ ridge * alpha_B)
+    alpha_B -= (eta / m) * r
+    alpha_S += (eta / m) * E diag(D) E^T K(X_S, X_B) r
+
+``K(X_B, Z)`` is evaluated block by block (:func:`~eigenpro.kernels.kernel_matmul`) and the
+columns ``K(X_B, X_S)`` the preconditioner needs are taken from those same blocks. Each
+epoch is checked for divergence: on a non-finite or exploding loss the epoch is undone, the
+step halved and the epoch retried.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .kernels import Kernel, kernel_matmul
+from .preconditioner import EigenProPreconditioner
+
+__all__ = ["DivergenceError", "FitResult", "MemoryPlan", "fit_eigenpro", "memory_plan", "predict"]
+
+#: An epoch diverged when its running loss exceeds this multiple of the reference loss: the
+#: previous epoch's loss (the zero model's loss in the first epoch).
+DIVERGENCE_FACTOR = 2.0
+#: ... but growth below this fraction of the zero model's loss is read as noise, not divergence.
+NOISE_FLOOR = 1e-3
+#: How many times a diverged epoch is retried with a halved step before giving up.
+MAX_RETRIES = 4
+#: Batch-size cap on the CPU, where larger batches buy no speed (GEMM is saturated well below).
+CPU_MAX_BATCH = 4096
+
+
+class DivergenceError(RuntimeError):
+    """The iteration diverged even after the step size was reduced."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_eigenpro` returns.
+
+    Attributes
+    ----------
+    coef : Tensor of shape (p, l)
+        Coefficients of the centers.
+    history : list of dict
+        Per epoch: ``epoch``, ``train_loss`` (mean squared residual over the epoch's batches,
+        measured before each update), ``val_score`` (or None), ``seconds``, ``step_size``.
+    n_epochs : int
+        Epochs run (fewer than asked when early stopping triggered).
+    batch_size : int
+    step_size : float
+        The final step size (smaller than the initial one if divergence was recovered).
+    best_epoch : int
+        The epoch whose coefficients were returned.
+    """
+
+    coef: torch.Tensor
+    history: list[dict] = field(default_factory=list)
+    n_epochs: int = 0
+    batch_size: int = 0
+    step_size: float = 0.0
+    best_epoch: int = 0
+
+
+@dataclass
+class MemoryPlan:
+    """How the solver uses its memory budget.
+
+    Attributes
+    ----------
+    max_batch_size : int
+        Largest batch whose ``m x n`` kernel block (and one temporary) fits beside the data.
+    max_block_elements : int
+        Largest kernel block materialised at once.
+    """
+
+    max_batch_size: int
+    max_block_elements: int
+
+
+def memory_plan(
+    n_centers: int,
+    n_features: int,
+    n_outputs: int,
+    subsample_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    memory_budget: int,
+) -> MemoryPlan:
+    """Split ``memory_budget`` bytes between the fixed tensors and the kernel blocks.
+
+    Fixed: centers (n x d), coefficients, targets and an epoch snapshot (3 x n x l), row
+    statistics (n) and the eigenvectors (at most s x s/4). Per batch row: a full row of the
+    kernel block plus a temporary (2n), its subsample columns (s) and the batch itself. On
+    the CPU the batch is also capped at :data:`CPU_MAX_BATCH`, beyond which GEMM gets no
+    faster.
+    """
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    fixed = itemsize * (
+        n_centers * (n_features + 3 * n_outputs + 1) + subsample_size * (subsample_size // 4 + 1)
+    )
+    free = max(memory_budget - fixed, 0)
+    per_row = itemsize * (2 * n_centers + subsample_size + n_features + 2 * n_outputs)
+    batch = max(1, free // per_row)
+    if device.type == "cpu":
+        batch = min(batch, CPU_MAX_BATCH)
+    block = max(2**16, free // (2 * itemsize))
+    return MemoryPlan(max_batch_size=int(batch), max_block_elements=int(block))
+
+
+def predict(
+    kernel: Kernel,
+    X: torch.Tensor,
+    centers: torch.Tensor,
+    coef: torch.Tensor,
+    *,
+    center_stats: torch.Tensor | None = None,
+    max_block_elements: int = 2**24,
+) -> torch.Tensor:
+    """``K(X, centers) @ coef``, blockwise."""
+    return kernel_matmul(
+        kernel, X, centers, coef, z_stats=center_stats, max_block_elements=max_block_elements
+    )
+
+
+def _sync_every(device: torch.device) -> int:
+    # Reading a loss back stalls an accelerator's queue; on the CPU it is free.
+    return 1 if device.type == "cpu" else 32
+
+
+def fit_eigenpro(
+    kernel: Kernel,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    preconditioner: EigenProPreconditioner,
+    *,
+    batch_size: int,
+    step_size: float,
+    n_epochs: int,
+    ridge: float = 0.0,
+    rng: np.random.Generator | None = None,
+    max_block_elements: int = 2**24,
+    validation: tuple[torch.Tensor, Callable[[torch.Tensor], float]] | None = None,
+    n_iter_no_change: int | None = None,
+    callback: Callable[[int, torch.Tensor], bool | None] | None = None,
+    verbose: int = 0,
+) -> FitResult:
+    """Run the EigenPro 2 iteration with the training points as centers.
+
+    Parameters
+    ----------
+    kernel : Kernel
+    X : Tensor of shape (n, d)
+        Training points, which are also the centers.
+    Y : Tensor of shape (n, l)
+        Targets.
+    preconditioner : EigenProPreconditioner
+        Its subsample indices refer to rows of ``X``.
+    batch_size, step_size : int, float
+        ``m`` and ``eta`` of the update ``alpha_B -= (eta / m) r``.
+    n_epochs : int
+    ridge : float
+        Solve ``(K + ridge I) alpha = Y``.
+    rng : numpy Generator
+        Shuffles the batches.
+    max_block_elements : int
+        Largest kernel block held at once.
+    validation : (X_val, score) pair, optional
+        ``score(predictions) -> float`` (higher is better), evaluated after each epoch; the
+        coefficients of the best epoch are returned.
+    n_iter_no_change : int, optional
+        With ``validation``, stop after this many epochs without improvement.
+    callback : callable, optional
+        ``callback(epoch, coef)`` after each epoch; returning True stops the fit.
+    verbose : int
+        0: silent; 1: a progress bar per epoch with the running loss.
+
+    Returns
+    -------
+    FitResult
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    n, n_out = Y.shape
+    device = X.device
+    coef = torch.zeros(n, n_out, dtype=X.dtype, device=device)
+    x_stats = kernel.row_stats(X)
+    sub_idx = preconditioner.subsample_indices
+    use_correction = preconditioner.n_components > 0
+    zero_loss = max(float(Y.pow(2).sum()) / (n * n_out), 1e-30)  # loss of the zero model
+    reference = zero_loss
+    sync_every = _sync_every(device)
+
+    result = FitResult(coef=coef, batch_size=batch_size, step_size=step_size)
+    best_score, best_coef, stale = -math.inf, None, 0
+    eta = float(step_size)
+
+    # Divergence recovery: `good` holds the coefficients at the start of the latest epoch whose
+    # running loss improved on its predecessor's; a diverged epoch rolls back to it.
+    good, good_reference = coef.clone(), reference
+    for epoch in range(1, n_epochs + 1):
+        for attempt in range(MAX_RETRIES + 1):
+            start = time.perf_counter()
+            loss_limit = DIVERGENCE_FACTOR * max(reference, NOISE_FLOOR * zero_loss)
+            snapshot = coef.clone()
+            loss, ok = _run_epoch(
+                kernel, X, Y, coef, x_stats, preconditioner, sub_idx, use_correction,
+                batch_size, eta, ridge, rng, max_block_elements, loss_limit, sync_every,
+                epoch, n_epochs, verbose,
+            )  # fmt: skip
+            if ok:
+                break
+            if attempt == MAX_RETRIES:
+                raise DivergenceError(
+                    f"EigenPro diverged in epoch {epoch} even with the step size reduced "
+                    f"{MAX_RETRIES} times (to {eta:.3g}). The kernel may not be positive "
+                    "definite, or the data may need scaling; try a smaller step_size or "
+                    "batch_size, or a larger subsample_size."
+                )
+            warnings.warn(
+                f"EigenPro diverged in epoch {epoch} (loss {loss:.3g}); rolling back to the last "
+                f"improving epoch and retrying with the step size halved to {eta / 2:.3g}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            coef.copy_(good)
+            reference = good_reference
+            eta /= 2
+        if loss <= reference:
+            good, good_reference = snapshot, reference
+        reference = loss
+        seconds = time.perf_counter() - start
+        record = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "val_score": None,
+            "seconds": seconds,
+            "step_size": eta,
+        }
+        stop = False
+        if validation is not None:
+            X_val, score_fn = validation
+            pred = predict(
+                kernel, X_val, X, coef, center_stats=x_stats, max_block_elements=max_block_elements
+            )
+            score = float(score_fn(pred))
+            record["val_score"] = score
+            if score > best_score:
+                best_score, best_coef, stale = score, coef.clone(), 0
+                result.best_epoch = epoch
+            else:
+                stale += 1
+                if n_iter_no_change is not None and stale >= n_iter_no_change:
+                    stop = True
+        else:
+            result.best_epoch = epoch
+        result.history.append(record)
+        result.n_epochs = epoch
+        if callback is not None and callback(epoch, coef):
+            stop = True
+        if stop:
+            break
+
+    if best_coef is not None:
+        coef = best_coef
+    result.coef = coef
+    result.step_size = eta
+    return result
+
+
+def _run_epoch(
+    kernel, X, Y, coef, x_stats, preconditioner, sub_idx, use_correction, batch_size, eta, ridge,
+    rng, max_block_elements, loss_limit, sync_every, epoch, n_epochs, verbose,
+):  # fmt: skip
+    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging)."""
+    n, n_out = Y.shape
+    device = X.device
+    order = torch.as_tensor(rng.permutation(n), device=device)
+    batches = torch.split(order, batch_size)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch}/{n_epochs}",
+        unit="batch",
+        leave=True,
+        disable=verbose < 1,
+        mininterval=0.5,
+    )
+    # One per-point rate for every batch: a short last batch then takes a proportionally
+    # smaller (still stable) step instead of a larger one.
+    rate = eta / batch_size
+    for i, idx in enumerate(bar):
+        Xb = X[idx]
+        if use_correction:
+            pred, k_bs = kernel_matmul(
+                kernel,
+                Xb,
+                X,
+                coef,
+                z_stats=x_stats,
+                max_block_elements=max_block_elements,
+                keep_columns=sub_idx,
+            )
+        else:
+            pred = kernel_matmul(
+                kernel, Xb, X, coef, z_stats=x_stats, max_block_elements=max_block_elements
+            )
+        residual = pred.sub_(Y[idx])
+        if ridge:
+            residual.add_(coef[idx], alpha=ridge)
+        total += residual.pow(2).sum(dtype=torch.float64)
+        seen += idx.numel()
+        if use_correction:
+            correction = preconditioner.correction(k_bs, residual)
+        coef.index_add_(0, idx, residual, alpha=-rate)
+        if use_correction:
+            coef.index_add_(0, sub_idx, correction, alpha=rate)
+        if (i + 1) % sync_every == 0 or i + 1 == len(batches):
+            running = float(total) / (seen * n_out)
+            if not math.isfinite(running) or running > loss_limit:
+                bar.close()
+                return running, False
+            if verbose:
+                bar.set_postfix(loss=f"{running:.4g}", refresh=False)
+    bar.close()
+    return float(total) / (n * n_out), True
