@@ -136,9 +136,12 @@ class _BaseEigenPro(BaseEstimator):
     def _validate_X(self, X, reset: bool):
         return validate_data(self, _to_numpy(X), reset=reset, dtype=[np.float64, np.float32])
 
-    def _fit_targets(self, X: np.ndarray, Y: np.ndarray, score, stratify=None):
-        """Fit coefficients for the 2-d float targets ``Y``; ``score(Y_true, Y_pred)`` rates
-        the validation set when early stopping."""
+    def _fit_targets(self, X: np.ndarray, Y: np.ndarray, score, stratify=None, eval_scorers=()):
+        """Fit coefficients for the 2-d float targets ``Y``.
+
+        ``score(Y_true, Y_pred)`` rates the validation set when early stopping;
+        ``eval_scorers`` are ``(X_eval, scorer(Y_pred) -> float)`` pairs recorded per epoch.
+        """
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
         budget = resolve_memory_budget(self.memory_gb, device)
@@ -196,6 +199,21 @@ class _BaseEigenPro(BaseEstimator):
 
             validation = (X_val_t, validation_score)
 
+        callback = None
+        if eval_scorers:
+            eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
+            center_stats = kernel.row_stats(X_t)
+
+            def callback(epoch: int, coef: torch.Tensor) -> dict:
+                scores = []
+                for Xe, scorer in eval_tensors:
+                    pred = predict(
+                        kernel, Xe, X_t, coef, center_stats=center_stats,
+                        max_block_elements=plan.max_block_elements,
+                    )  # fmt: skip
+                    scores.append(float(scorer(pred.double().cpu().numpy())))
+                return {"eval_scores": scores}
+
         result = fit_eigenpro(
             kernel,
             X_t,
@@ -209,6 +227,7 @@ class _BaseEigenPro(BaseEstimator):
             max_block_elements=plan.max_block_elements,
             validation=validation,
             n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
+            callback=callback,
             verbose=self.verbose,
         )
         if not torch.isfinite(result.coef).all():
@@ -233,6 +252,26 @@ class _BaseEigenPro(BaseEstimator):
         self.history_ = result.history
         self.device_ = str(device)
         return self
+
+    def _eval_sets(self, eval_set, make_scorer):
+        """Validate ``eval_set`` (a list of ``(X, y)`` pairs) into ``(X, scorer)`` pairs."""
+        if eval_set is None:
+            return []
+        if not isinstance(eval_set, (list, tuple)) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in eval_set
+        ):
+            raise TypeError("eval_set must be a list of (X, y) pairs")
+        out = []
+        for X_eval, y_eval in eval_set:
+            X_eval = self._validate_X(X_eval, reset=False)
+            y_eval = np.asarray(_to_numpy(y_eval))
+            if y_eval.shape[0] != X_eval.shape[0]:
+                raise ValueError(
+                    f"eval_set has inconsistent numbers of samples: {X_eval.shape[0]} rows in X "
+                    f"and {y_eval.shape[0]} in y"
+                )
+            out.append((X_eval, make_scorer(y_eval)))
+        return out
 
     # --------------------------------------------------------------- prediction
     def _raw_predict(self, X) -> np.ndarray:
@@ -293,8 +332,8 @@ callable or Kernel, default="gaussian"
         that the critical batch size ``beta / lambda_{q+1}`` matches the largest batch the
         device handles. ``0`` gives plain kernel SGD with its own safe step size.
     subsample_size : int or "auto", default="auto"
-        Size of the Nystrom subsample for the eigensystem (4000 up to 100k points, growing
-        to 12000).
+        Size of the Nystrom subsample for the eigensystem; ``"auto"``: ``n / 15`` clipped
+        to [2000, 12000] (2000 up to 30k points, 4000 for 60k).
     batch_size : int or "auto", default="auto"
         ``"auto"``: the critical batch size, bounded by the memory budget.
     step_size : float or "auto", default="auto"
@@ -357,7 +396,7 @@ callable or Kernel, default="gaussian"
     True
     """
 
-    def fit(self, X, y):
+    def fit(self, X, y, eval_set=None):
         """Fit the model.
 
         Parameters
@@ -365,6 +404,9 @@ callable or Kernel, default="gaussian"
         X : array-like of shape (n_samples, n_features)
             numpy, pandas or torch; sparse input is rejected.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        eval_set : list of (X, y) pairs, optional
+            Data scored (R^2) after every epoch, recorded in ``history_[i]["eval_scores"]``;
+            for monitoring only, it never influences the fit.
 
         Returns
         -------
@@ -380,7 +422,13 @@ callable or Kernel, default="gaussian"
             y_numeric=True,
         )
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
-        self._fit_targets(X, Y, score=r2_score)
+
+        def make_scorer(y_eval):
+            y_eval = y_eval.reshape(-1, 1) if y_eval.ndim == 1 else y_eval
+            return lambda pred: r2_score(y_eval, pred)
+
+        evals = self._eval_sets(eval_set, make_scorer)
+        self._fit_targets(X, Y, score=r2_score, eval_scorers=evals)
         if y.ndim == 1:
             self.dual_coef_ = self.dual_coef_.ravel()
         return self
@@ -441,7 +489,7 @@ beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_
     True
     """
 
-    def fit(self, X, y):
+    def fit(self, X, y, eval_set=None):
         """Fit the classifier.
 
         Parameters
@@ -450,6 +498,9 @@ beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_
             numpy, pandas or torch; sparse input is rejected.
         y : array-like of shape (n_samples,)
             Class labels of any type.
+        eval_set : list of (X, y) pairs, optional
+            Data scored (accuracy) after every epoch, recorded in
+            ``history_[i]["eval_scores"]``; for monitoring only, it never influences the fit.
 
         Returns
         -------
@@ -484,7 +535,11 @@ beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_
         def accuracy(Y_true, Y_pred):
             return accuracy_score(labels(Y_true), labels(Y_pred))
 
-        self._fit_targets(X, Y, score=accuracy, stratify=stratify)
+        def make_scorer(y_eval):
+            return lambda pred: accuracy_score(y_eval.ravel(), classes[labels(pred).astype(int)])
+
+        evals = self._eval_sets(eval_set, make_scorer)
+        self._fit_targets(X, Y, score=accuracy, stratify=stratify, eval_scorers=evals)
         self.classes_ = classes
         return self
 

@@ -14,6 +14,7 @@ gradient it changes only the coefficients of ``S``::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,17 +34,20 @@ __all__ = [
 STEP_SAFETY = 0.95
 #: Relative size under which an eigenvalue counts as numerically zero.
 EIGENVALUE_FLOOR = 1e-12
+#: Smallest ``lambda_{q+1} / lambda_1`` that ``n_components="auto"`` flattens down to, per
+#: training dtype. The step grows like ``1 / lambda_{q+1}``, and so does the round-off of the
+#: residual it multiplies: in float32 a ratio near 1e-7 (its epsilon) diverges.
+PRECISION_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10}
 #: Number of extra points, outside the subsample, on which beta is estimated.
 BETA_PROBES = 2000
 
 
 def default_subsample_size(n_centers: int) -> int:
-    """Subsample size used when ``subsample_size="auto"``: all points up to 4000, then 4000
-    up to 100k points, growing to 12000 for the largest problems (eigensolver cost stays
-    seconds)."""
-    if n_centers <= 100_000:
-        return min(n_centers, 4000)
-    return int(min(12_000, 4000 + (n_centers - 100_000) // 100))
+    """Subsample size used when ``subsample_size="auto"``: ``n / 15`` clipped to
+    [2000, 12000] (and at most n): 2000 up to 30k points, 4000 for MNIST's 60k, 12000 from
+    180k on. Enough for the few hundred leading eigenpairs EigenPro flattens, while the
+    eigensolver stays at seconds."""
+    return int(min(n_centers, max(2000, min(12_000, n_centers // 15))))
 
 
 def default_max_components(subsample_size: int) -> int:
@@ -238,14 +242,24 @@ def build_preconditioner(
     betas = _preconditioned_diagonals(kernel, X_sub, X_probe, lam, eig.eigenvectors) + ridge
     betas = torch.maximum(betas, lam)  # k_P(x, x) >= lambda_{q+1} always holds in exact arithmetic
 
+    precise = int((raw > PRECISION_FLOOR[dtype] * raw[0]).sum())
     if n_components == "auto":
-        crit = (betas / lam)[:valid]
+        crit = (betas / lam)[: max(1, precise)]
         fits = torch.nonzero(crit <= max_batch_size).flatten()
         q = int(fits.max()) if fits.numel() else 0
     elif q >= valid:
         raise ValueError(
             f"n_components={q} is too large: eigenvalue {q + 1} of the subsample kernel matrix is "
             f"numerically zero (only {valid} are positive). Use fewer components."
+        )
+    elif q >= precise:
+        warnings.warn(
+            f"n_components={q} flattens the spectrum to lambda_{{q+1}}/lambda_1 = "
+            f"{float(raw[q] / raw[0]):.1e}, below what {dtype} resolves reliably "
+            f"({PRECISION_FLOOR[dtype]:.0e}); the fit may diverge. Use fewer components or "
+            "dtype='float64'.",
+            RuntimeWarning,
+            stacklevel=3,
         )
 
     vecs = eig.eigenvectors[:, :q]

@@ -152,7 +152,7 @@ def fit_eigenpro(
     max_block_elements: int = 2**24,
     validation: tuple[torch.Tensor, Callable[[torch.Tensor], float]] | None = None,
     n_iter_no_change: int | None = None,
-    callback: Callable[[int, torch.Tensor], bool | None] | None = None,
+    callback: Callable[[int, torch.Tensor], dict | None] | None = None,
     verbose: int = 0,
 ) -> FitResult:
     """Run the EigenPro 2 iteration with the training points as centers.
@@ -181,7 +181,8 @@ def fit_eigenpro(
     n_iter_no_change : int, optional
         With ``validation``, stop after this many epochs without improvement.
     callback : callable, optional
-        ``callback(epoch, coef)`` after each epoch; returning True stops the fit.
+        ``callback(epoch, coef)`` after each epoch (outside the timed part); a returned dict
+        is merged into that epoch's history record.
     verbose : int
         0: silent; 1: a progress bar per epoch with the running loss.
 
@@ -263,10 +264,10 @@ def fit_eigenpro(
                     stop = True
         else:
             result.best_epoch = epoch
+        if callback is not None:
+            record.update(callback(epoch, coef) or {})
         result.history.append(record)
         result.n_epochs = epoch
-        if callback is not None and callback(epoch, coef):
-            stop = True
         if stop:
             break
 

@@ -347,3 +347,30 @@ def test_early_stopping_keeps_the_best_epoch(classification_data):
     # The returned model is the best epoch's: the same as stopping there.
     replay = EigenProClassifier(n_epochs=model.best_epoch_, **params).fit(X, y)
     np.testing.assert_array_equal(replay.decision_function(X), model.decision_function(X))
+
+
+# ---------------------------------------------------------------- monitoring
+def test_eval_set_records_the_score_of_each_epoch(classification_data):
+    X, y = classification_data
+    X_fit, y_fit, X_eval, y_eval = X[:200], y[:200], X[200:], y[200:]
+    model = EigenProClassifier(n_epochs=3, random_state=0, n_components=20, batch_size=50)
+    model.fit(X_fit, y_fit, eval_set=[(X_eval, y_eval), (X_fit, y_fit)])
+    assert [len(h["eval_scores"]) for h in model.history_] == [2, 2, 2]
+    assert model.history_[-1]["eval_scores"] == [
+        model.score(X_eval, y_eval),
+        model.score(X_fit, y_fit),
+    ]
+    # Monitoring does not change the trajectory: epoch 2 of this fit is a 2-epoch fit.
+    shorter = EigenProClassifier(n_epochs=2, random_state=0, n_components=20, batch_size=50)
+    shorter.fit(X_fit, y_fit)
+    assert model.history_[1]["eval_scores"][0] == shorter.score(X_eval, y_eval)
+
+
+def test_eval_set_is_validated(regression_data):
+    X, y = regression_data
+    with pytest.raises(TypeError, match="eval_set"):
+        EigenProRegressor(**FAST).fit(X, y, eval_set=(X, y))
+    with pytest.raises(ValueError, match="inconsistent"):
+        EigenProRegressor(**FAST).fit(X, y, eval_set=[(X, y[:-1])])
+    with pytest.raises(ValueError, match="features"):
+        EigenProRegressor(**FAST).fit(X, y, eval_set=[(X[:, :2], y)])
