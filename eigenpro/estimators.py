@@ -7,6 +7,7 @@ so a fitted model pickles without its device and predicts on any machine.
 
 from __future__ import annotations
 
+import time
 from numbers import Integral, Real
 
 import numpy as np
@@ -18,12 +19,23 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_feature_names,
+    _check_n_features,
+    _check_y,
+    check_array,
+    check_consistent_length,
+    check_is_fitted,
+    validate_data,
+)
 
 from ._device import resolve_device, resolve_dtype, resolve_memory_budget
+from .distributed import get_communicator
+from .eigenpro3 import INNER_KEYS, fit_eigenpro3
 from .kernels import KERNELS, Kernel, RadialKernel, get_kernel
 from .preconditioner import build_preconditioner, default_subsample_size
 from .solver import DivergenceError, fit_eigenpro, memory_plan, predict
+from .streaming import HostData, is_streamable
 
 __all__ = ["EigenProRegressor", "EigenProClassifier", "auto_bandwidth"]
 
@@ -80,6 +92,8 @@ class _BaseEigenPro(BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "n_centers": [None, Interval(Integral, 1, None, closed="left"), "array-like"],
+        "inner_params": [dict, None],
         "device": [str, torch.device],
         "dtype": "no_validation",  # checked by resolve_dtype, which names the problem
         "random_state": ["random_state"],
@@ -102,6 +116,8 @@ class _BaseEigenPro(BaseEstimator):
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,
+        n_centers=None,
+        inner_params=None,
         device="auto",
         dtype="float32",
         random_state=None,
@@ -120,6 +136,8 @@ class _BaseEigenPro(BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.n_centers = n_centers
+        self.inner_params = inner_params
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -133,6 +151,32 @@ class _BaseEigenPro(BaseEstimator):
             if not isinstance(value, str) and not np.isfinite(value):
                 raise ValueError(f"{name} must be finite; got {value!r}")
 
+    def _validate_fit_data(self, X, y, *, multi_output: bool, y_numeric: bool):
+        """Validate ``(X, y)`` for ``fit``; returns ``X`` (numpy, or :class:`HostData` when
+        ``n_centers`` is set) and ``y`` (numpy).
+
+        With ``n_centers`` set, numpy arrays, memmaps and CPU tensors are not copied: only
+        their shape and type are checked here, and the values batch by batch while fitting.
+        """
+        if self.n_centers is None or not is_streamable(X):
+            X, y = validate_data(
+                self, _to_numpy(X), _to_numpy(y), dtype=[np.float64, np.float32],
+                multi_output=multi_output, y_numeric=y_numeric,
+            )  # fmt: skip
+            return (X if self.n_centers is None else HostData(X)), y
+        n, d = X.shape
+        if n < 1:
+            raise ValueError(f"Found array with 0 sample(s) (shape={tuple(X.shape)}) while a "
+                             "minimum of 1 is required.")  # fmt: skip
+        if d < 1:
+            raise ValueError(f"Found array with 0 feature(s) (shape={tuple(X.shape)}) while a "
+                             "minimum of 1 is required.")  # fmt: skip
+        _check_feature_names(self, X, reset=True)
+        _check_n_features(self, X, reset=True)
+        y = _check_y(_to_numpy(y), multi_output=multi_output, y_numeric=y_numeric, estimator=self)
+        check_consistent_length(np.empty((n, 0)), y)
+        return HostData(X), y
+
     def _validate_X(self, X, reset: bool):
         return validate_data(self, _to_numpy(X), reset=reset, dtype=[np.float64, np.float32])
 
@@ -142,6 +186,8 @@ class _BaseEigenPro(BaseEstimator):
         ``score(Y_true, Y_pred)`` rates the validation set when early stopping;
         ``eval_scorers`` are ``(X_eval, scorer(Y_pred) -> float)`` pairs recorded per epoch.
         """
+        if self.n_centers is not None:
+            return self._fit_targets_centers(X, Y, score, stratify, eval_scorers)
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
         budget = resolve_memory_budget(self.memory_gb, device)
@@ -204,7 +250,8 @@ class _BaseEigenPro(BaseEstimator):
             eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
             center_stats = kernel.row_stats(X_t)
 
-            def callback(epoch: int, coef: torch.Tensor) -> dict:
+            def callback(epoch: int, coef: torch.Tensor, record: dict) -> dict:
+                start = time.perf_counter()
                 scores = []
                 for Xe, scorer in eval_tensors:
                     pred = predict(
@@ -212,7 +259,7 @@ class _BaseEigenPro(BaseEstimator):
                         max_block_elements=plan.max_block_elements,
                     )  # fmt: skip
                     scores.append(float(scorer(pred.double().cpu().numpy())))
-                return {"eval_scores": scores}
+                return {"eval_scores": scores, "eval_seconds": time.perf_counter() - start}
 
         result = fit_eigenpro(
             kernel,
@@ -236,6 +283,7 @@ class _BaseEigenPro(BaseEstimator):
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         self.centers_ = np.ascontiguousarray(X, dtype=np_dtype)
         self.dual_coef_ = result.coef.cpu().numpy()
+        self.n_centers_ = n
         self.kernel_ = kernel
         self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
         self.n_components_ = precond.n_components
@@ -251,6 +299,147 @@ class _BaseEigenPro(BaseEstimator):
         self.best_epoch_ = result.best_epoch
         self.history_ = result.history
         self.device_ = str(device)
+        return self
+
+    def _fit_targets_centers(self, data: HostData, Y: np.ndarray, score, stratify, eval_scorers):
+        """EigenPro 3 on ``n_centers`` general centers, the data streamed from the host.
+
+        In a ``torch.distributed`` process group with several ranks, the centers are sharded
+        across the ranks (every rank must call ``fit`` with the same data).
+        """
+        comm = get_communicator()
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        budget = resolve_memory_budget(self.memory_gb, device)
+        random_state = check_random_state(self.random_state)
+        seed = comm.broadcast_int(int(random_state.randint(np.iinfo(np.int32).max)), device)
+        rng = np.random.default_rng(seed)
+        if self.inner_params is not None:
+            unknown = set(self.inner_params) - set(INNER_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"unknown inner_params key(s) {sorted(unknown)}; valid keys are "
+                    f"{list(INNER_KEYS)}"
+                )
+
+        n = data.n_samples
+        X_val = Y_val = None
+        if self.early_stopping:
+            if n < 2:
+                raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
+            train_pos, val_pos = train_test_split(
+                np.arange(n), test_size=self.validation_fraction, random_state=seed,
+                stratify=stratify,
+            )  # fmt: skip
+            train_pos, val_pos = np.sort(train_pos), np.sort(val_pos)
+            X_val, Y_val = data.take(val_pos, dtype, device), Y[val_pos]
+            data, Y = data.subset(train_pos), Y[train_pos]
+            n = len(train_pos)
+
+        bandwidth = self.bandwidth
+        if bandwidth == "auto":
+            sample = np.arange(n)
+            if n > BANDWIDTH_SAMPLE:
+                sample = check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False)
+            rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
+            bandwidth = auto_bandwidth(rows, random_state=seed)
+        kernel = get_kernel(
+            self.kernel, bandwidth=float(bandwidth), **dict(self.kernel_params or {})
+        )
+
+        if isinstance(self.n_centers, Integral):
+            p = int(self.n_centers)
+            if p > n:
+                raise ValueError(
+                    f"n_centers={p} is larger than the number of training samples ({n})"
+                )
+            centers = data.take(np.sort(rng.choice(n, size=p, replace=False)), dtype,
+                                torch.device("cpu"))  # fmt: skip
+        else:
+            array = check_array(
+                _to_numpy(self.n_centers), dtype=[np.float64, np.float32], input_name="n_centers"
+            )
+            if array.shape[1] != data.n_features:
+                raise ValueError(
+                    f"n_centers has {array.shape[1]} features, but X has {data.n_features} "
+                    "features; the centers must live in the same space as the data"
+                )
+            centers = torch.from_numpy(np.ascontiguousarray(array, dtype=np_dtype))
+
+        validation = None
+        if X_val is not None:
+
+            def validation_score(pred: torch.Tensor) -> float:
+                return score(Y_val, pred.double().cpu().numpy())
+
+            validation = (X_val, validation_score)
+
+        callback = None
+        if eval_scorers:
+            eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
+
+            def callback(epoch: int, predict_fn) -> dict:
+                scores = [
+                    float(scorer(predict_fn(Xe).double().cpu().numpy()))
+                    for Xe, scorer in eval_tensors
+                ]
+                return {"eval_scores": scores}
+
+        result = fit_eigenpro3(
+            kernel,
+            data,
+            torch.from_numpy(np.ascontiguousarray(Y, dtype=np_dtype)),
+            centers,
+            device=device,
+            dtype=dtype,
+            n_epochs=self.n_epochs,
+            memory_budget=budget,
+            batch_size=self.batch_size,
+            step_size=self.step_size,
+            n_components=self.n_components,
+            subsample_size=self.subsample_size,
+            inner=self.inner_params,
+            ridge=float(self.alpha),
+            rng=rng,
+            comm=comm,
+            validation=validation,
+            n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
+            callback=callback,
+            verbose=self.verbose if comm.rank == 0 else 0,
+        )
+        if not torch.isfinite(result.coef).all():
+            raise DivergenceError("EigenPro produced non-finite coefficients; the fit diverged")
+
+        precond = result.preconditioner
+        self.centers_ = centers.numpy()
+        self.dual_coef_ = result.coef.numpy()
+        self.n_centers_ = int(centers.shape[0])
+        self.kernel_ = kernel
+        self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
+        self.n_components_ = precond.n_components
+        self.subsample_size_ = int(precond.subsample_indices.numel())
+        self.batch_size_ = int(result.batch_size)
+        self.step_size_ = float(result.step_size)
+        self.eigenvalues_ = precond.eigenvalues.cpu().numpy()
+        self.top_eigenvalue_ = precond.top_eigenvalue
+        self.tail_eigenvalue_ = precond.tail_eigenvalue
+        self.beta_ = precond.beta
+        self.critical_batch_size_ = precond.critical_batch_size
+        inner_pc = result.inner_preconditioner
+        self.inner_params_ = {
+            "method": result.inner_method,
+            "n_components": None if inner_pc is None else inner_pc.n_components,
+            "subsample_size": None if inner_pc is None else int(inner_pc.subsample_indices.numel()),
+            "batch_size": result.inner_batch_size or None,
+            "step_size": result.inner_step_size or None,
+            "n_steps": result.inner_steps or None,
+        }
+        self.n_iter_ = result.n_epochs
+        self.best_epoch_ = result.best_epoch
+        self.history_ = result.history
+        self.device_ = str(device)
+        self.world_size_ = comm.world_size
         return self
 
     def _eval_sets(self, eval_set, make_scorer):
@@ -349,6 +538,23 @@ callable or Kernel, default="gaussian"
         after ``n_iter_no_change`` epochs without improvement and keep the best epoch.
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=5
+    n_centers : None, int or array-like of shape (n_centers, n_features), default=None
+        Centers of the model. ``None``: every training point (EigenPro 2; memory and work
+        per epoch grow like n^2). An int p: p training points drawn at random (seeded by
+        ``random_state``); an array: those points. Both use EigenPro 3 (memory O(p), work
+        per epoch O(np + p^2)) and converge to the least-squares fit on the centers,
+        ``argmin_c ||K(X, Z) c - y||^2 (+ alpha c^T K(Z, Z) c)``. ``X`` may then be a numpy
+        array, a ``numpy.memmap`` or a CPU tensor: it stays on the host and is moved to the
+        device one batch at a time (NaN/inf are detected batch by batch). Inside an
+        initialised ``torch.distributed`` process group the centers are sharded across the
+        ranks (see :func:`eigenpro.distributed.init_distributed`).
+    inner_params : dict, default=None
+        Settings of the projection onto the centers (``n_centers`` set), each ``"auto"``
+        when absent: ``method`` (``"cholesky"``: an exact factor of ``K(Z, Z)``, chosen by
+        ``"auto"`` for p <= 8000 in one process; ``"eigenpro"``: an inner EigenPro 2
+        iteration, warm-started), and for ``"eigenpro"`` its ``n_components``,
+        ``subsample_size``, ``batch_size``, ``step_size`` and ``n_steps`` (inner steps per
+        data batch). The values used are in ``inner_params_``.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         ``"auto"`` uses the first GPU when one is available.
     dtype : {"float32", "float64"}, default="float32"
@@ -377,7 +583,15 @@ callable or Kernel, default="gaussian"
     eigenvalues_ : ndarray
         Nystrom estimates of the top eigenvalues of the kernel operator.
     beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_ : float
-        ``max k_P(x, x)``, ``lambda_1``, ``lambda_{q+1}`` and ``beta / lambda_{q+1}``.
+        ``max k_P(x, x)``, ``lambda_1``, ``lambda_{q+1}`` and ``beta / lambda_{q+1}``. With
+        ``n_centers`` set, ``tail_eigenvalue_`` is the top eigenvalue of the preconditioned
+        operator measured on a data sample when that is larger.
+    n_centers_ : int
+        Number of centers p.
+    inner_params_ : dict
+        The projection settings used (``n_centers`` set only; None for unused ones).
+    world_size_ : int
+        Ranks the centers were sharded over (``n_centers`` set only).
 
     See Also
     --------
@@ -413,14 +627,7 @@ callable or Kernel, default="gaussian"
         self
         """
         self._check_params()
-        X, y = validate_data(
-            self,
-            _to_numpy(X),
-            _to_numpy(y),
-            dtype=[np.float64, np.float32],
-            multi_output=True,
-            y_numeric=True,
-        )
+        X, y = self._validate_fit_data(X, y, multi_output=True, y_numeric=True)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
 
         def make_scorer(y_eval):
@@ -461,7 +668,7 @@ class EigenProClassifier(ClassifierMixin, _BaseEigenPro):
     ----------
     kernel, bandwidth, kernel_params, n_epochs, n_components, subsample_size, batch_size, \
 step_size, memory_gb, alpha, early_stopping, validation_fraction, n_iter_no_change, \
-device, dtype, random_state, verbose
+n_centers, inner_params, device, dtype, random_state, verbose
         See :class:`EigenProRegressor`.
 
     Attributes
@@ -472,7 +679,8 @@ device, dtype, random_state, verbose
         As in :class:`EigenProRegressor`; ``dual_coef_`` has one column for two classes and
         ``n_classes`` columns otherwise.
     bandwidth_, n_components_, subsample_size_, batch_size_, step_size_, eigenvalues_, \
-beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_
+beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_, n_centers_, inner_params_, \
+world_size_
         As in :class:`EigenProRegressor`.
 
     See Also
@@ -507,7 +715,7 @@ beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_
         self
         """
         self._check_params()
-        X, y = validate_data(self, _to_numpy(X), _to_numpy(y), dtype=[np.float64, np.float32])
+        X, y = self._validate_fit_data(X, y, multi_output=False, y_numeric=False)
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         target_type = type_of_target(y)

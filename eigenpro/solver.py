@@ -152,7 +152,7 @@ def fit_eigenpro(
     max_block_elements: int = 2**24,
     validation: tuple[torch.Tensor, Callable[[torch.Tensor], float]] | None = None,
     n_iter_no_change: int | None = None,
-    callback: Callable[[int, torch.Tensor], dict | None] | None = None,
+    callback: Callable[[int, torch.Tensor, dict], dict | None] | None = None,
     verbose: int = 0,
 ) -> FitResult:
     """Run the EigenPro 2 iteration with the training points as centers.
@@ -181,8 +181,9 @@ def fit_eigenpro(
     n_iter_no_change : int, optional
         With ``validation``, stop after this many epochs without improvement.
     callback : callable, optional
-        ``callback(epoch, coef)`` after each epoch (outside the timed part); a returned dict
-        is merged into that epoch's history record.
+        ``callback(epoch, coef, record)`` after each epoch (outside the timed part), with the
+        epoch's history record so far (``train_loss``, ``seconds``...); a returned dict is
+        merged into the record, and ``"stop": True`` in it ends the fit.
     verbose : int
         0: silent; 1: a progress bar per epoch with the running loss.
 
@@ -265,7 +266,8 @@ def fit_eigenpro(
         else:
             result.best_epoch = epoch
         if callback is not None:
-            record.update(callback(epoch, coef) or {})
+            record.update(callback(epoch, coef, dict(record)) or {})
+            stop = stop or bool(record.get("stop"))
         result.history.append(record)
         result.n_epochs = epoch
         if stop:

@@ -1,0 +1,107 @@
+"""Training data that stays on the host and reaches the device one batch at a time.
+
+:class:`HostData` wraps a numpy array, a :class:`numpy.memmap` or a CPU torch tensor without
+copying it. :meth:`HostData.take` gathers the rows of one batch (sorted, so that a memmap is
+read front to back), checks them for NaN and infinity, converts them to the training dtype
+and moves them to the device (pinned and ``non_blocking`` for CUDA). Nothing ever holds the
+whole data set in the training dtype or on the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["HostData", "is_streamable"]
+
+
+def is_streamable(X) -> bool:
+    """Whether ``X`` can be streamed as is: a 2-d real numpy array (memmaps included) or a
+    2-d real CPU torch tensor."""
+    if isinstance(X, torch.Tensor):
+        return X.device.type == "cpu" and X.ndim == 2 and not X.is_complex() and not X.is_sparse
+    if isinstance(X, np.ndarray):
+        return X.ndim == 2 and X.dtype.kind in "fiu"
+    return False
+
+
+class HostData:
+    """Rows of a host matrix, gathered batch by batch onto a device.
+
+    Parameters
+    ----------
+    X : ndarray, numpy.memmap or CPU Tensor of shape (n, d)
+        Kept by reference, never copied as a whole.
+    rows : ndarray of int, optional
+        Restrict to these rows (e.g. the training part of a held-out split); batch positions
+        then index into ``rows``.
+
+    Raises
+    ------
+    TypeError
+        If ``X`` is not a 2-d real numpy array or CPU tensor.
+    """
+
+    def __init__(self, X, rows: np.ndarray | None = None):
+        if not is_streamable(X):
+            raise TypeError(
+                "streamed data must be a 2-d real numpy array, numpy.memmap or CPU torch tensor; "
+                f"got {type(X).__name__}"
+                + (f" with shape {tuple(X.shape)}" if hasattr(X, "shape") else "")
+            )
+        self.X = X
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0] if self.rows is None else self.rows.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the underlying data in bytes."""
+        return int(self.X.numel() * self.X.element_size() if self._is_tensor else self.X.nbytes)
+
+    @property
+    def _is_tensor(self) -> bool:
+        return isinstance(self.X, torch.Tensor)
+
+    def subset(self, positions: np.ndarray) -> HostData:
+        """The rows at ``positions`` (relative to this object), still without a copy."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return HostData(self.X, positions if self.rows is None else self.rows[positions])
+
+    def take(
+        self,
+        positions: np.ndarray,
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        name: str = "X",
+    ) -> torch.Tensor:
+        """Rows at ``positions`` as a ``(len(positions), d)`` tensor on ``device``.
+
+        Raises
+        ------
+        ValueError
+            If the rows contain NaN or infinity.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = positions if self.rows is None else self.rows[positions]
+        if self._is_tensor:
+            batch = self.X.index_select(0, torch.from_numpy(rows)).to(dtype)
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(self.X[rows])).to(dtype)
+        if not torch.isfinite(batch).all():
+            bad = rows[~torch.isfinite(batch).all(dim=1).numpy()]
+            kind = "NaN" if torch.isnan(batch).any() else "infinity"
+            raise ValueError(
+                f"Input {name} contains {kind} (first bad row: {int(bad[0])}); streamed data is "
+                "checked batch by batch, remove or impute non-finite values."
+            )
+        if device.type == "cuda":
+            return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
