@@ -1,0 +1,332 @@
+"""Shared plumbing of the benchmark scripts: options, machine facts, memory, floor, JSON.
+
+Every study accepts ``--device --dtype --n-train --epochs --seed --out --data-dir`` and writes
+``<out>/<study>.json`` (settings, machine, library versions, every figure) and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+
+def parser(description: str, *, n_train, epochs: int, multi_n: bool = False):
+    """The options every study takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    if multi_n:
+        p.add_argument("--n-train", type=int, nargs="+", default=n_train)
+    else:
+        p.add_argument("--n-train", type=int, default=n_train)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for JSON and PNG")
+    p.add_argument("--data-dir", default=None, help="folder holding mnist/ or CIFAR batches")
+    return p
+
+
+def versions() -> dict:
+    import scipy
+    import sklearn
+
+    import eigenpro
+
+    return {
+        "python": platform.python_version(),
+        "eigenpro": eigenpro.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def machine(device: torch.device | str = "cpu") -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"model name\s*:\s*(.+)", text)
+        cpu = found.group(1).strip() if found else cpu
+    except OSError:
+        pass
+    info = {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
+        "device": str(device),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        found = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return None
+    return int(found.group(1)) / 1024 if found else None
+
+
+@contextmanager
+def peak_memory(device: torch.device | str = "cpu"):
+    """Peak resident memory (MiB) of this process inside the block, in ``out["peak_mib"]``.
+
+    Resets the kernel's high-water mark (``/proc/self/clear_refs``) on entry, so each block
+    of one process is measured on its own; on CUDA also records the peak allocated memory.
+    """
+    out: dict = {}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        out["method"] = "VmHWM after clear_refs"
+    except OSError:
+        out["method"] = "VmHWM of the whole process"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    out["start_mib"] = _status_mib("VmRSS")
+    try:
+        yield out
+    finally:
+        out["peak_mib"] = _status_mib("VmHWM")
+        if dev.type == "cuda":
+            out["gpu_peak_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(torch.device(device))
+
+
+def kernel_floor_seconds(
+    n_rows: int,
+    n_cols: int,
+    d: int,
+    n_out: int,
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    block_rows: int = 4096,
+    repeats: int = 1,
+) -> float:
+    """Seconds of the physical floor of one epoch (DESIGN.md section 3), measured here.
+
+    The same-sized work as one pass over an ``n_rows x n_cols`` kernel matrix, done in the
+    most favourable way: one ``(block_rows x d) @ (d x n_cols)`` float matmul per row block,
+    the exponentials of the block in place (no scaling pass), and its product with an
+    ``n_cols x n_out`` coefficient matrix. No distances, no preconditioner, no shuffling:
+    a lower bound.
+    """
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    X = torch.rand(block_rows, d, generator=gen, dtype=dtype).to(device)
+    Z = torch.rand(n_cols, d, generator=gen, dtype=dtype).to(device)
+    W = torch.rand(n_cols, n_out, generator=gen, dtype=dtype).to(device)
+    block = torch.empty(block_rows, n_cols, dtype=dtype, device=device)
+    out = torch.empty(block_rows, n_out, dtype=dtype, device=device)
+    n_blocks = n_rows / block_rows
+    best = float("inf")
+    for _ in range(repeats):
+        # Time a few whole blocks and scale to n_rows: identical work per block.
+        reps = max(1, min(int(np.ceil(n_blocks)), 4))
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(X, Z.T, out=block)
+            block.exp_()
+            torch.mm(block, W, out=out)
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / reps * n_blocks)
+    return best
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, torch.device, torch.dtype)):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def settings(args: argparse.Namespace, **extra) -> dict:
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    out.update(extra)
+    return out
+
+
+def load_mnist_scaled(data_dir, n_train: int | None = None, dtype=np.float32):
+    """MNIST pixels scaled to [0, 1]: X_train[:n_train], y_train[:n_train], X_test, y_test."""
+    from eigenpro.datasets import load_mnist
+
+    X_train, y_train, X_test, y_test = load_mnist(data_dir)
+    n = len(X_train) if n_train is None else min(n_train, len(X_train))
+    scale = dtype(1 / 255)
+    return (
+        X_train[:n].astype(dtype) * scale,
+        y_train[:n],
+        X_test.astype(dtype) * scale,
+        y_test,
+    )
+
+
+def plot_path(out: Path, name: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{name}.png"
+
+
+def track_classifier(clf, X_train, y_train, X_test, y_test, device="cpu") -> dict:
+    """Fit ``clf`` with the test set as a monitoring set (never used by the fit) and return
+    the per-epoch record: test error (%), training loss, epoch seconds, cumulative seconds,
+    plus set-up seconds, peak memory and the automatically chosen settings."""
+    with peak_memory(device) as mem:
+        start = time.perf_counter()
+        clf.fit(X_train, y_train, eval_set=[(X_test, y_test)])
+        total = time.perf_counter() - start
+    epochs = [h["seconds"] for h in clf.history_]
+    # The monitoring predictions run outside the epochs' clocks and are timed on their own.
+    eval_seconds = sum(h.get("eval_seconds", 0.0) for h in clf.history_)
+    setup = total - sum(epochs) - eval_seconds
+    start = time.perf_counter()
+    test_error = 100 * (1 - clf.score(X_test, y_test))
+    predict_seconds = time.perf_counter() - start
+    return {
+        "test_error_pct": [100 * (1 - h["eval_scores"][0]) for h in clf.history_],
+        "train_loss": [h["train_loss"] for h in clf.history_],
+        "epoch_seconds": epochs,
+        "cumulative_seconds": (np.cumsum(epochs)).tolist(),
+        "final_test_error_pct": test_error,
+        "setup_seconds": setup,
+        "monitoring_seconds": eval_seconds,
+        "wall_seconds": total,
+        "predict_seconds": predict_seconds,
+        "peak_rss_mib": mem["peak_mib"],
+        "gpu_peak_mib": mem.get("gpu_peak_mib"),
+        "chosen": {
+            "bandwidth": clf.bandwidth_,
+            "n_components": clf.n_components_,
+            "subsample_size": clf.subsample_size_,
+            "batch_size": clf.batch_size_,
+            "step_size": clf.step_size_,
+            "critical_batch_size": clf.critical_batch_size_,
+            "top_eigenvalue": clf.top_eigenvalue_,
+            "tail_eigenvalue": clf.tail_eigenvalue_,
+            "beta": clf.beta_,
+            "device": clf.device_,
+        },
+    }
+
+
+def iterate_until(
+    kernel, X, Y, *, n_components, batch_size, budget, max_epochs, max_seconds, seed,
+    target=None, metric="train_mse", X_test=None, y_test=None,
+) -> dict:  # fmt: skip
+    """Run the library's solver until ``metric`` reaches ``target`` (or a cap) and record it.
+
+    Builds the preconditioner as the estimators do (``n_components=0``: plain kernel SGD with
+    its own safe step), then iterates epoch by epoch. ``metric`` is ``"train_mse"`` (exact
+    training MSE after each epoch, one extra kernel pass, untimed) or ``"train_loss"`` (the
+    solver's running loss over the epoch's batches, free). With ``X_test``/``y_test``
+    (class labels), the test error after each epoch is recorded too (untimed). Fit time
+    counts the set-up and every epoch.
+    """
+    from tqdm.auto import tqdm
+
+    from eigenpro.preconditioner import build_preconditioner, default_subsample_size
+    from eigenpro.solver import fit_eigenpro, memory_plan, predict
+
+    n, d = X.shape
+    s = default_subsample_size(n)
+    plan = memory_plan(n, d, Y.shape[1], s, X.device, X.dtype, budget)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    precond = build_preconditioner(
+        kernel, X, n_components=n_components, subsample_size=s,
+        max_batch_size=plan.max_batch_size, rng=rng, dtype=X.dtype,
+    )  # fmt: skip
+    m = precond.auto_batch_size(plan.max_batch_size, n) if batch_size == "auto" else batch_size
+    eta = precond.step_size(m)
+    setup = time.perf_counter() - start
+    stats = kernel.row_stats(X)
+    fit_seconds = [setup]
+    clock = {"resume": time.perf_counter()}
+    bar = tqdm(desc=f"q={precond.n_components} m={m}", unit="epoch", leave=False)
+    test_errors = []
+    targets = y_test
+
+    def monitor(epoch, coef):
+        fit_seconds.append(fit_seconds[-1] + time.perf_counter() - clock["resume"])
+        record = {}
+        if metric == "train_mse":
+            pred = predict(kernel, X, X, coef, center_stats=stats)
+            record["train_mse"] = float((pred - Y).pow(2).mean())
+        if X_test is not None:
+            scores = predict(kernel, X_test, X, coef, center_stats=stats)
+            labels = scores.argmax(1) if scores.shape[1] > 1 else (scores[:, 0] > 0).long()
+            test_errors.append(100 * float((labels.cpu().numpy() != targets).mean()))
+        bar.update()
+        clock["resume"] = time.perf_counter()
+        return record
+
+    def on_epoch(epoch, coef, record):
+        record.update(monitor(epoch, coef))
+        value = record.get(metric)
+        bar.set_postfix({metric: f"{value:.3g}", "target": f"{target or 0:.3g}"}, refresh=False)
+        reached = target is not None and value <= target
+        return {**record, "stop": reached or fit_seconds[-1] > max_seconds}
+
+    result = fit_eigenpro(
+        kernel, X, Y, precond, batch_size=m, step_size=eta, n_epochs=max_epochs, rng=rng,
+        max_block_elements=plan.max_block_elements, callback=on_epoch,
+    )  # fmt: skip
+    bar.close()
+    values = [h[metric] for h in result.history]
+    reached = [i for i, v in enumerate(values) if target is not None and v <= target]
+    first = reached[0] if reached else None
+    out = {
+        "n_components": precond.n_components,
+        "batch_size": int(m),
+        "step_size": float(eta),
+        "critical_batch_size": precond.critical_batch_size,
+        "setup_seconds": setup,
+        "epochs_run": len(values),
+        metric: values,
+        "seconds": fit_seconds[1:],
+        "epochs_to_target": None if first is None else first + 1,
+        "seconds_to_target": None if first is None else fit_seconds[first + 1],
+    }
+    if X_test is not None:
+        out["test_error_pct"] = test_errors
+    return out

@@ -1,0 +1,231 @@
+"""EigenPro against the solvers a user would pick instead, on MNIST, in one run.
+
+For each n (default 5000, 10000, 20000, 60000 training images; the 10000 test images):
+
+* EigenPro (Gaussian kernel, bandwidth 5, ``--epochs`` epochs, everything else automatic);
+* plain kernel SGD (``n_components=0``) at EigenPro's batch size: its test error after the
+  same epochs, and the epochs it needs to reach EigenPro's training loss (capped by
+  ``--sgd-max-epochs`` x EigenPro's epochs and ``--sgd-max-seconds``);
+* exact ``sklearn.kernel_ridge.KernelRidge`` (same kernel, ``alpha=1e-6``) where its n x n
+  float64 matrix fits in memory;
+* ``Nystroem(n_components=2000 and 5000) + Ridge`` (same kernel, ``alpha=1e-3``).
+
+Figures per method: fit seconds, predict seconds, test error and peak resident memory. The
+training loss compared is the mean squared residual over each epoch's batches (the solver's
+running loss) for both iterative methods. Nothing is tuned on the test set.
+
+    python benchmarks/compare.py
+    python benchmarks/compare.py --n-train 5000 10000 --epochs 3
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from _common import (
+    iterate_until,
+    load_mnist_scaled,
+    machine,
+    parser,
+    peak_memory,
+    plot_path,
+    settings,
+    versions,
+    write_json,
+)
+from sklearn.kernel_approximation import Nystroem
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+
+from eigenpro import EigenProClassifier
+from eigenpro._device import (
+    available_memory_bytes,
+    resolve_device,
+    resolve_dtype,
+    resolve_memory_budget,
+)
+from eigenpro.kernels import get_kernel
+
+BANDWIDTH = 5.0
+GAMMA = 1 / (2 * BANDWIDTH**2)  # scikit-learn's rbf parameterisation of the same kernel
+KRR_ALPHA = 1e-6
+NYSTROEM_ALPHA = 1e-3
+
+
+def timed_fit(make, X, y, X_test, y_test, device="cpu", fit_kwargs=None):
+    """Fit ``make()`` and score it: fit/predict seconds, test error (%), peak memory."""
+    model = make()
+    with peak_memory(device) as mem:
+        start = time.perf_counter()
+        model.fit(X, y, **(fit_kwargs or {}))
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        pred = model.predict(X_test)
+        predict_seconds = time.perf_counter() - start
+    if pred.ndim == 2:  # one-hot regressors
+        pred = pred.argmax(axis=1)
+    return model, {
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "test_error_pct": 100 * float(np.mean(pred != y_test)),
+        "peak_rss_mib": mem["peak_mib"],
+    }
+
+
+def eigenpro_and_sgd(X, y, X_test, y_test, args, device):
+    """EigenPro through the estimator; then plain SGD at its batch size through the solver,
+    stopped at EigenPro's training loss or the caps."""
+    model, eigenpro = timed_fit(
+        lambda: EigenProClassifier(
+            kernel="gaussian", bandwidth=BANDWIDTH, n_epochs=args.epochs, device=device,
+            dtype=args.dtype, random_state=args.seed, verbose=1,
+        ),
+        X, y, X_test, y_test, device,
+    )  # fmt: skip
+    eigenpro.update(
+        train_loss=[h["train_loss"] for h in model.history_],
+        epoch_seconds=[h["seconds"] for h in model.history_],
+        batch_size=model.batch_size_,
+        n_components=model.n_components_,
+        subsample_size=model.subsample_size_,
+        step_size=model.step_size_,
+        epochs=args.epochs,
+    )
+    target = eigenpro["train_loss"][-1]
+
+    kernel = get_kernel("gaussian", bandwidth=BANDWIDTH)
+    dtype = resolve_dtype(args.dtype)
+    Xt = torch.as_tensor(X, dtype=dtype, device=device)
+    Yt = torch.as_tensor(np.eye(10)[y] * 1.0, dtype=dtype, device=device)
+    Xt_test = torch.as_tensor(X_test, dtype=dtype, device=device)
+    with peak_memory(device) as mem:
+        sgd = iterate_until(
+            kernel, Xt, Yt, n_components=0, batch_size=model.batch_size_,
+            budget=resolve_memory_budget("auto", device), seed=args.seed,
+            max_epochs=args.sgd_max_epochs * args.epochs, max_seconds=args.sgd_max_seconds,
+            target=target, metric="train_loss", X_test=Xt_test, y_test=y_test,
+        )  # fmt: skip
+    sgd["peak_rss_mib"] = mem["peak_mib"]
+    sgd["fit_seconds"] = sgd["seconds"][-1]
+    sgd["seconds_per_epoch"] = float(np.mean(np.diff([sgd["setup_seconds"], *sgd["seconds"]])))
+    if sgd["epochs_run"] >= args.epochs:
+        sgd["test_error_pct_same_epochs"] = sgd["test_error_pct"][args.epochs - 1]
+        sgd["fit_seconds_same_epochs"] = sgd["seconds"][args.epochs - 1]
+    del Xt, Yt, Xt_test
+    return eigenpro, sgd
+
+
+def kernel_ridge(X, y, X_test, y_test, args):
+    n = len(X)
+    need = 3 * 8 * n * n  # the float64 kernel matrix, its factor and a temporary
+    if need > 0.8 * available_memory_bytes(torch.device("cpu")):
+        return {"skipped": f"needs about {need / 2**30:.0f} GiB for its n x n float64 matrices"}
+    if n > args.krr_max_n:
+        return {"skipped": f"n > --krr-max-n ({args.krr_max_n}): over the time budget"}
+    _, out = timed_fit(
+        lambda: KernelRidge(kernel="rbf", gamma=GAMMA, alpha=KRR_ALPHA),
+        X.astype(np.float64), np.eye(10)[y], X_test.astype(np.float64), y_test,
+    )  # fmt: skip
+    return out
+
+
+def nystroem_ridge(X, y, X_test, y_test, n_components, args):
+    if n_components >= len(X):
+        return {"skipped": f"n_components={n_components} >= n"}
+    _, out = timed_fit(
+        lambda: make_pipeline(
+            Nystroem(kernel="rbf", gamma=GAMMA, n_components=n_components,
+                     random_state=args.seed),
+            Ridge(alpha=NYSTROEM_ALPHA),
+        ),
+        X, np.eye(10)[y], X_test, y_test,
+    )  # fmt: skip
+    return out
+
+
+def main():
+    p = parser(__doc__.splitlines()[0], n_train=[5000, 10000, 20000, 60000], epochs=5, multi_n=True)
+    p.add_argument("--sgd-max-epochs", type=int, default=10, help="x EigenPro's epochs")
+    p.add_argument("--sgd-max-seconds", type=float, default=600.0)
+    p.add_argument("--krr-max-n", type=int, default=30000)
+    p.add_argument("--nystroem", type=int, nargs="+", default=[2000, 5000])
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    X_all, y_all, X_test, y_test = load_mnist_scaled(args.data_dir, max(args.n_train))
+    rows = []
+    for n in args.n_train:
+        X, y = np.ascontiguousarray(X_all[:n]), y_all[:n]
+        print(f"=== n = {n}")
+        eigenpro, sgd = eigenpro_and_sgd(X, y, X_test, y_test, args, device)
+        row = {"n": n, "eigenpro": eigenpro, "plain_sgd": sgd}
+        print(f"EigenPro: {_fmt(eigenpro)}; plain SGD after {args.epochs} epochs: "
+              f"{sgd.get('test_error_pct_same_epochs')}% ; epochs to EigenPro's loss: "
+              f"{sgd['epochs_to_target']} (ran {sgd['epochs_run']})")  # fmt: skip
+        row["kernel_ridge"] = kernel_ridge(X, y, X_test, y_test, args)
+        print(f"KernelRidge: {_fmt(row['kernel_ridge'])}")
+        for c in args.nystroem:
+            row[f"nystroem_{c}"] = nystroem_ridge(X, y, X_test, y_test, c, args)
+            print(f"Nystroem {c} + Ridge: {_fmt(row[f'nystroem_{c}'])}")
+        rows.append(row)
+        payload = {
+            "study": "compare",
+            "settings": settings(
+                args,
+                kernel="gaussian",
+                bandwidth=BANDWIDTH,
+                gamma=GAMMA,
+                krr_alpha=KRR_ALPHA,
+                nystroem_ridge_alpha=NYSTROEM_ALPHA,
+                n_test=len(X_test),
+            ),  # fmt: skip
+            "machine": machine(device),
+            "versions": versions(),
+            "results": rows,
+        }
+        write_json(args.out / "compare.json", payload)  # after every n: partial runs survive
+    plot(rows, plot_path(args.out, "compare"))
+
+
+def _fmt(run):
+    if "skipped" in run:
+        return f"skipped ({run['skipped']})"
+    return (
+        f"error {run['test_error_pct']:.2f}%, fit {run['fit_seconds']:.1f} s, "
+        f"predict {run['predict_seconds']:.1f} s, peak {run['peak_rss_mib']:.0f} MiB"
+    )
+
+
+def plot(rows, path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    methods = [k for k in rows[0] if k != "n"]
+    for method in methods:
+        pts = [
+            (r[method]["fit_seconds"] if method != "plain_sgd" else r[method].get(
+                "fit_seconds_same_epochs"),
+             r[method]["test_error_pct"] if method != "plain_sgd" else r[method].get(
+                "test_error_pct_same_epochs"), r["n"])
+            for r in rows if "skipped" not in r[method]
+        ]  # fmt: skip
+        pts = [p for p in pts if p[0] is not None]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method.replace("_", " "))
+        for x, e, n in pts:
+            ax.annotate(f"{n // 1000}k", (x, e), fontsize=7, textcoords="offset points",
+                        xytext=(3, 3))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set(xlabel="fit seconds (log)", ylabel="test error (%)",
+           title="MNIST: test error against fit time (labels: n)")  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Epoch time against the physical floor, and peak memory against the data (MNIST, d = 784).
+
+For each n, in one process: the seconds of one EigenPro epoch (automatic settings, MNIST
+training images, Gaussian bandwidth 5), the floor measured right after it (the same-sized
+float matmul for the full n x n kernel block, its exponentials and the product with the
+coefficients; DESIGN.md section 3) and their ratio; the peak resident memory of the fit
+against the size of the training data.
+
+    python benchmarks/throughput.py                        # n = 10000, 30000, 60000
+    python benchmarks/throughput.py --tag before           # keep a baseline beside it
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from _common import (
+    kernel_floor_seconds,
+    load_mnist_scaled,
+    machine,
+    parser,
+    peak_memory,
+    plot_path,
+    settings,
+    versions,
+    write_json,
+)
+
+from eigenpro import EigenProClassifier
+from eigenpro._device import resolve_device, resolve_dtype
+
+
+def main():
+    p = parser(__doc__.splitlines()[0], n_train=[10000, 30000, 60000], epochs=1, multi_n=True)
+    p.add_argument("--tag", default="", help="suffix of the result files (e.g. 'before')")
+    args = p.parse_args()
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    X_all, y_all, _, _ = load_mnist_scaled(args.data_dir, max(args.n_train))
+    rows = []
+    for n in args.n_train:
+        X, y = np.ascontiguousarray(X_all[:n]), y_all[:n]
+        data_mib = X.nbytes / 2**20
+        clf = EigenProClassifier(
+            kernel="gaussian", bandwidth=5.0, n_epochs=args.epochs, device=device,
+            dtype=args.dtype, random_state=args.seed, verbose=1,
+        )  # fmt: skip
+        with peak_memory(device) as mem:
+            start = time.perf_counter()
+            clf.fit(X, y)
+            fit_seconds = time.perf_counter() - start
+        epoch_seconds = min(h["seconds"] for h in clf.history_)
+        floor = kernel_floor_seconds(n, n, X.shape[1], 10, dtype=dtype, device=device)
+        row = {
+            "n": n,
+            "d": X.shape[1],
+            "epoch_seconds": epoch_seconds,
+            "floor_seconds": floor,
+            "ratio_to_floor": epoch_seconds / floor,
+            "setup_seconds": fit_seconds - sum(h["seconds"] for h in clf.history_),
+            "data_mib": data_mib,
+            "peak_rss_mib": mem["peak_mib"],
+            "rss_before_fit_mib": mem["start_mib"],
+            "peak_over_data_mib": mem["peak_mib"] - data_mib,
+            "n_components": clf.n_components_,
+            "batch_size": clf.batch_size_,
+            "subsample_size": clf.subsample_size_,
+        }
+        if "gpu_peak_mib" in mem:
+            row["gpu_peak_mib"] = mem["gpu_peak_mib"]
+        rows.append(row)
+        print(
+            f"n={n}: epoch {epoch_seconds:.1f} s, floor {floor:.1f} s, "
+            f"ratio {row['ratio_to_floor']:.3f}; peak RSS {mem['peak_mib']:.0f} MiB "
+            f"(data {data_mib:.0f} MiB)"
+        )
+    name = "throughput" + (f"_{args.tag}" if args.tag else "")
+    payload = {
+        "study": "throughput",
+        "settings": settings(args, kernel="gaussian", bandwidth=5.0),
+        "machine": machine(device),
+        "versions": versions(),
+        "floor": "float matmul (n x d by d x n, in row blocks of 4096) + exp_ + matmul with "
+        "the n x 10 coefficients; measured in the same process right after each fit",
+        "results": rows,
+    }
+    write_json(args.out / f"{name}.json", payload)
+    plot(rows, plot_path(args.out, name))
+
+
+def plot(rows, path):
+    import matplotlib.pyplot as plt
+
+    ns = [r["n"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(ns, [r["epoch_seconds"] for r in rows], "o-", label="EigenPro epoch")
+    left.plot(ns, [r["floor_seconds"] for r in rows], "s--", label="floor (matmul + exp)")
+    for r in rows:
+        left.annotate(f"{r['ratio_to_floor']:.2f}x", (r["n"], r["epoch_seconds"]))
+    left.set(xlabel="n", ylabel="seconds", title="one epoch against the floor")
+    left.legend()
+    right.plot(ns, [r["peak_rss_mib"] for r in rows], "o-", label="peak RSS of the fit")
+    right.plot(ns, [r["data_mib"] for r in rows], "s--", label="training data")
+    right.plot(ns, [r["data_mib"] + 2048 for r in rows], ":", label="data + 2 GiB")
+    right.set(xlabel="n", ylabel="MiB", title="memory")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
