@@ -49,7 +49,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import Communicator
-from .eigensystem import top_eigensystem
 from .kernels import Kernel, kernel_matmul
 from .preconditioner import (
     BETA_PROBES,
@@ -57,6 +56,7 @@ from .preconditioner import (
     build_preconditioner,
     default_max_components,
     default_subsample_size,
+    preconditioned_top_eigenvalue,
 )
 from .solver import CPU_MAX_BATCH, DIVERGENCE_FACTOR, MAX_RETRIES, NOISE_FLOOR, DivergenceError
 from .streaming import HostData
@@ -256,15 +256,12 @@ def _calibrate_tail(
     n = data.n_samples
     size = min(n, CALIBRATION_SAMPLE)
     probe = data.take(np.sort(rng.choice(n, size=size, replace=False)), torch.float64, device)
-    matrix = kernel(probe, probe)
-    if precond.n_components:
-        sub64 = sub_coords.to(torch.float64)
-        lifted = kernel(probe, sub64) @ precond.eigenvectors.to(torch.float64)
-        matrix -= (lifted * precond.scales.to(torch.float64)) @ lifted.T
-    matrix /= size
-    # A dense solver: after flattening, the top eigenvalues cluster and Lanczos stalls.
-    top = top_eigensystem(matrix, 1, method="exact").eigenvalues
-    measured = float(top[0]) + ridge / n
+    measured = (
+        preconditioned_top_eigenvalue(
+            kernel, probe, sub_coords, precond.eigenvectors, precond.scales
+        )
+        + ridge / n
+    )
     if measured <= precond.tail_eigenvalue:
         return precond
     return dataclasses.replace(precond, tail_eigenvalue=measured)

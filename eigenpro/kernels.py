@@ -82,6 +82,24 @@ class Kernel(ABC):
     def diag(self, X: torch.Tensor) -> torch.Tensor:
         """The diagonal ``k(x_i, x_i)`` for every row of ``X``."""
 
+    def prepare(self, Z: torch.Tensor, z_stats: torch.Tensor | None = None):
+        """Preprocess fixed centers once for :meth:`prepared_block` (default: keep them with
+        their row statistics)."""
+        return (Z, self.row_stats(Z) if z_stats is None else z_stats)
+
+    def prepared_block(self, X: torch.Tensor, x_stats, prepared) -> torch.Tensor:
+        """``K(X, Z)`` for centers preprocessed by :meth:`prepare`."""
+        Z, z_stats = prepared
+        return self.block(X, Z, x_stats, z_stats)
+
+    @staticmethod
+    def prepared_rows(prepared, start: int, stop: int):
+        """The part of ``prepared`` that belongs to centers ``start:stop``."""
+        if isinstance(prepared, tuple):
+            Z, stats = prepared
+            return (Z[start:stop], None if stats is None else stats[start:stop])
+        return prepared[start:stop]
+
     def __call__(self, X: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
         return self.block(X, Z, self.row_stats(X), self.row_stats(Z))
 
@@ -91,7 +109,13 @@ class Kernel(ABC):
 
 
 class RadialKernel(Kernel):
-    """A kernel ``k(x, z) = phi(|x - z|^2)`` with a positive ``bandwidth``."""
+    """A kernel ``k(x, z) = phi(|x - z|^2)`` with a positive ``bandwidth``.
+
+    Blocks against fixed centers take a fused path (:meth:`prepare`): the centers are
+    augmented once to ``[z, 1, c |z|^2]`` and each row block to ``[-2c x, c |x|^2, 1]``, so a
+    single matrix product yields the scaled squared distances ``c |x - z|^2`` and the profile
+    is applied in place (for the Gaussian kernel: one ``exp_`` pass, nothing else).
+    """
 
     def __init__(self, bandwidth: float = 1.0):
         bandwidth = float(bandwidth)
@@ -106,8 +130,29 @@ class RadialKernel(Kernel):
     def profile_(self, sq_dist: torch.Tensor) -> torch.Tensor:
         """Turn squared distances into kernel values, in place."""
 
+    def distance_scale(self) -> float:
+        """The factor ``c`` with which :meth:`profile_scaled_` receives ``c |x - z|^2``."""
+        return 1.0
+
+    def profile_scaled_(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Turn ``c |x - z|^2`` into kernel values, in place (clamping round-off)."""
+        return self.profile_(scaled.clamp_(min=0.0))
+
     def block(self, X, Z, x_stats=None, z_stats=None):
         return self.profile_(squared_distances(X, Z, x_stats, z_stats))
+
+    def prepare(self, Z, z_stats=None):
+        c = self.distance_scale()
+        sq = self.row_stats(Z) if z_stats is None else z_stats
+        return torch.cat([Z, torch.ones_like(sq).unsqueeze(1), (c * sq).unsqueeze(1)], dim=1)
+
+    def prepared_block(self, X, x_stats, prepared):
+        c = self.distance_scale()
+        sq = self.row_stats(X) if x_stats is None else x_stats
+        rows = torch.cat(
+            [X * (-2.0 * c), (c * sq).unsqueeze(1), torch.ones_like(sq).unsqueeze(1)], 1
+        )
+        return self.profile_scaled_(rows @ prepared.T)
 
     def diag(self, X):
         return self.profile_(torch.zeros(X.shape[0], dtype=X.dtype, device=X.device))
@@ -121,6 +166,14 @@ class GaussianKernel(RadialKernel):
     def profile_(self, sq_dist):
         return sq_dist.mul_(-0.5 / self.bandwidth**2).exp_()
 
+    def distance_scale(self):
+        return -0.5 / self.bandwidth**2
+
+    def profile_scaled_(self, scaled):
+        # ``-|x - z|^2 / (2 bandwidth^2)`` is at most a round-off above 0, where exp is ~1: no
+        # clamp pass is needed for finite, in-range values.
+        return scaled.exp_()
+
 
 class LaplacianKernel(RadialKernel):
     """Laplacian kernel ``exp(-|x - z| / bandwidth)`` (Euclidean norm)."""
@@ -130,6 +183,12 @@ class LaplacianKernel(RadialKernel):
     def profile_(self, sq_dist):
         return sq_dist.sqrt_().mul_(-1.0 / self.bandwidth).exp_()
 
+    def distance_scale(self):
+        return 1.0 / self.bandwidth**2
+
+    def profile_scaled_(self, scaled):
+        return scaled.clamp_(min=0.0).sqrt_().neg_().exp_()
+
 
 class CauchyKernel(RadialKernel):
     """Cauchy kernel ``1 / (1 + |x - z|^2 / bandwidth^2)``."""
@@ -138,6 +197,12 @@ class CauchyKernel(RadialKernel):
 
     def profile_(self, sq_dist):
         return sq_dist.mul_(1.0 / self.bandwidth**2).add_(1.0).reciprocal_()
+
+    def distance_scale(self):
+        return 1.0 / self.bandwidth**2
+
+    def profile_scaled_(self, scaled):
+        return scaled.clamp_(min=0.0).add_(1.0).reciprocal_()
 
 
 class MaternKernel(RadialKernel):
@@ -305,6 +370,7 @@ def kernel_matmul(
     z_stats: torch.Tensor | None = None,
     max_block_elements: int = 2**24,
     keep_columns: torch.Tensor | None = None,
+    prepared=None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Compute ``K(X, Z) @ W`` without holding more than one kernel block in memory.
 
@@ -320,6 +386,9 @@ def kernel_matmul(
         ``kernel.row_stats(Z)``, precomputed once for fixed centers.
     max_block_elements : int
         Largest kernel block (rows x columns) materialised at once.
+    prepared : optional
+        ``kernel.prepare(Z, z_stats)``, computed once for fixed centers (radial kernels:
+        the augmented centers of the fused distance product); overrides ``z_stats``.
     keep_columns : LongTensor, optional
         Sorted column indices ``J``; when given, also return ``K(X, Z[J])``, gathered from
         the blocks already computed (no second kernel evaluation).
@@ -331,8 +400,8 @@ def kernel_matmul(
         Only when ``keep_columns`` is given.
     """
     m, p = X.shape[0], Z.shape[0]
-    if z_stats is None:
-        z_stats = kernel.row_stats(Z)
+    if prepared is None:
+        prepared = kernel.prepare(Z, z_stats)
     out = torch.zeros(m, W.shape[1], dtype=W.dtype, device=W.device)
     kept = None
     if keep_columns is not None:
@@ -346,8 +415,7 @@ def kernel_matmul(
         x_stats = kernel.row_stats(Xr)
         for c0 in range(0, p, cols):
             c1 = min(p, c0 + cols)
-            zs = None if z_stats is None else z_stats[c0:c1]
-            block = kernel.block(Xr, Z[c0:c1], x_stats, zs)
+            block = kernel.prepared_block(Xr, x_stats, kernel.prepared_rows(prepared, c0, c1))
             out[r0 : r0 + rows].addmm_(block, W[c0:c1])
             if kept is not None:
                 lo, hi = torch.searchsorted(

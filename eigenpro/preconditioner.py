@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .eigensystem import nystrom_eigensystem
+from .eigensystem import nystrom_eigensystem, top_eigensystem
 from .kernels import Kernel
 
 __all__ = [
     "EigenProPreconditioner",
     "build_preconditioner",
     "default_subsample_size",
+    "preconditioned_top_eigenvalue",
     "STEP_SAFETY",
 ]
 
@@ -38,8 +39,13 @@ EIGENVALUE_FLOOR = 1e-12
 #: training dtype. The step grows like ``1 / lambda_{q+1}``, and so does the round-off of the
 #: residual it multiplies: in float32 a ratio near 1e-7 (its epsilon) diverges.
 PRECISION_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10}
-#: Number of extra points, outside the subsample, on which beta is estimated.
+#: Number of extra points, outside the subsample, on which beta and the preconditioned
+#: operator's top eigenvalue are measured.
 BETA_PROBES = 2000
+#: Fewest and most probes with which the top eigenvalue after preconditioning is measured
+#: (a dense probes x probes float64 matrix).
+MIN_CALIBRATION_PROBES = 200
+CALIBRATION_PROBES = 1000
 
 
 def default_subsample_size(n_centers: int) -> int:
@@ -75,7 +81,8 @@ class EigenProPreconditioner:
     top_eigenvalue : float
         lambda_1.
     tail_eigenvalue : float
-        lambda_{q+1}, the top eigenvalue of the preconditioned operator.
+        The top eigenvalue of the preconditioned operator: lambda_{q+1}, or larger where the
+        measurement on probe points outside the subsample shows it is.
     beta : float
         ``max_x k_P(x, x)``, the largest diagonal of the preconditioned kernel.
     """
@@ -159,6 +166,40 @@ def _preconditioned_diagonals(
     cum_scaled = torch.cat([zero, (sq_sub / lam.unsqueeze(1)).cumsum(0)[: k - 1]])
     reduction = cum - lam.unsqueeze(1) * cum_scaled  # (k, P)
     return (diag.unsqueeze(0) - reduction).amax(dim=1)
+
+
+def preconditioned_top_eigenvalue(
+    kernel: Kernel,
+    X_probe: torch.Tensor,
+    X_sub: torch.Tensor,
+    eigenvectors: torch.Tensor,
+    scales: torch.Tensor,
+) -> float:
+    """Top eigenvalue of the preconditioned operator, measured on probe points (float64).
+
+    The Nystrom eigenvalues deep in the spectrum (around ``lambda_{q+1}``) are estimated from
+    the subsample alone and tend to be too small, which makes the EigenPro step, about
+    ``1 / lambda_{q+1}``, too large. On probes ``X_P`` outside the subsample the
+    preconditioned kernel matrix is ``K_PP - K_PS E diag(D) E^T K_SP``; the top eigenvalue of
+    that matrix divided by ``|P|`` estimates the operator's top eigenvalue independently.
+
+    Parameters
+    ----------
+    kernel : Kernel
+    X_probe : Tensor of shape (P, d)
+    X_sub : Tensor of shape (s, d)
+        The Nystrom subsample.
+    eigenvectors, scales : Tensors of shape (s, q) and (q,)
+        ``E`` and ``D`` of the preconditioner.
+    """
+    probe = X_probe.to(torch.float64)
+    matrix = kernel(probe, probe)
+    if eigenvectors.shape[1]:
+        lifted = kernel(probe, X_sub.to(torch.float64)) @ eigenvectors.to(torch.float64)
+        matrix -= (lifted * scales.to(torch.float64)) @ lifted.T
+    matrix /= probe.shape[0]
+    # A dense solver: after flattening, the top eigenvalues cluster and Lanczos stalls.
+    return float(top_eigensystem(matrix, 1, method="exact").eigenvalues[0])
 
 
 def build_preconditioner(
@@ -262,17 +303,25 @@ def build_preconditioner(
             stacklevel=3,
         )
 
-    vecs = eig.eigenvectors[:, :q]
+    vecs = eig.eigenvectors[:, :q] / math.sqrt(s)
     top = lam[:q]
     tail = float(lam[q])
     scales = (1.0 - tail / top) / top
+    if q and X_probe.shape[0] >= MIN_CALIBRATION_PROBES:
+        # The step follows the tail eigenvalue; trust the estimate only as far as the probes
+        # confirm it (never below it: flattening to lambda_{q+1} is what D encodes).
+        probes = X_probe[:CALIBRATION_PROBES]
+        measured = preconditioned_top_eigenvalue(kernel, probes, X_sub, vecs, scales)
+        tail_for_step = max(tail, measured + ridge / n_train)
+    else:
+        tail_for_step = tail
     return EigenProPreconditioner(
         subsample_indices=sub_idx_t,
-        eigenvectors=(vecs / math.sqrt(s)).to(dtype),
+        eigenvectors=vecs.to(dtype),
         scales=scales.to(dtype),
         eigenvalues=lam,
         n_components=q,
         top_eigenvalue=float(lam[0]),
-        tail_eigenvalue=tail,
+        tail_eigenvalue=tail_for_step,
         beta=float(betas[q]),
     )

@@ -99,7 +99,8 @@ def memory_plan(
 ) -> MemoryPlan:
     """Split ``memory_budget`` bytes between the fixed tensors and the kernel blocks.
 
-    Fixed: centers (n x d), coefficients, targets and an epoch snapshot (3 x n x l), row
+    Fixed: centers and their fused form for the distance product (2 x n x d), coefficients,
+    targets and an epoch snapshot (3 x n x l), row
     statistics (n) and the eigenvectors (at most s x s/4). Per batch row: a full row of the
     kernel block plus a temporary (2n), its subsample columns (s) and the batch itself. On
     the CPU the batch is also capped at :data:`CPU_MAX_BATCH`, beyond which GEMM gets no
@@ -107,7 +108,8 @@ def memory_plan(
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
     fixed = itemsize * (
-        n_centers * (n_features + 3 * n_outputs + 1) + subsample_size * (subsample_size // 4 + 1)
+        n_centers * (2 * n_features + 3 * n_outputs + 3)
+        + subsample_size * (subsample_size // 4 + 1)
     )
     free = max(memory_budget - fixed, 0)
     per_row = itemsize * (2 * n_centers + subsample_size + n_features + 2 * n_outputs)
@@ -126,11 +128,13 @@ def predict(
     *,
     center_stats: torch.Tensor | None = None,
     max_block_elements: int = 2**24,
+    prepared=None,
 ) -> torch.Tensor:
-    """``K(X, centers) @ coef``, blockwise."""
+    """``K(X, centers) @ coef``, blockwise (``prepared``: ``kernel.prepare(centers)``)."""
     return kernel_matmul(
-        kernel, X, centers, coef, z_stats=center_stats, max_block_elements=max_block_elements
-    )
+        kernel, X, centers, coef, z_stats=center_stats, max_block_elements=max_block_elements,
+        prepared=prepared,
+    )  # fmt: skip
 
 
 def _sync_every(device: torch.device) -> int:
@@ -196,6 +200,7 @@ def fit_eigenpro(
     device = X.device
     coef = torch.zeros(n, n_out, dtype=X.dtype, device=device)
     x_stats = kernel.row_stats(X)
+    prepared = kernel.prepare(X, x_stats)  # once: the fused form of the centers
     sub_idx = preconditioner.subsample_indices
     use_correction = preconditioner.n_components > 0
     zero_loss = max(float(Y.pow(2).sum()) / (n * n_out), 1e-30)  # loss of the zero model
@@ -215,7 +220,7 @@ def fit_eigenpro(
             loss_limit = DIVERGENCE_FACTOR * max(reference, NOISE_FLOOR * zero_loss)
             snapshot = coef.clone()
             loss, ok = _run_epoch(
-                kernel, X, Y, coef, x_stats, preconditioner, sub_idx, use_correction,
+                kernel, X, Y, coef, prepared, preconditioner, sub_idx, use_correction,
                 batch_size, eta, ridge, rng, max_block_elements, loss_limit, sync_every,
                 epoch, n_epochs, verbose,
             )  # fmt: skip
@@ -252,7 +257,7 @@ def fit_eigenpro(
         if validation is not None:
             X_val, score_fn = validation
             pred = predict(
-                kernel, X_val, X, coef, center_stats=x_stats, max_block_elements=max_block_elements
+                kernel, X_val, X, coef, max_block_elements=max_block_elements, prepared=prepared
             )
             score = float(score_fn(pred))
             record["val_score"] = score
@@ -281,7 +286,7 @@ def fit_eigenpro(
 
 
 def _run_epoch(
-    kernel, X, Y, coef, x_stats, preconditioner, sub_idx, use_correction, batch_size, eta, ridge,
+    kernel, X, Y, coef, prepared, preconditioner, sub_idx, use_correction, batch_size, eta, ridge,
     rng, max_block_elements, loss_limit, sync_every, epoch, n_epochs, verbose,
 ):  # fmt: skip
     """One pass over shuffled batches. Returns (mean batch loss, finished without diverging)."""
@@ -310,13 +315,13 @@ def _run_epoch(
                 Xb,
                 X,
                 coef,
-                z_stats=x_stats,
+                prepared=prepared,
                 max_block_elements=max_block_elements,
                 keep_columns=sub_idx,
             )
         else:
             pred = kernel_matmul(
-                kernel, Xb, X, coef, z_stats=x_stats, max_block_elements=max_block_elements
+                kernel, Xb, X, coef, prepared=prepared, max_block_elements=max_block_elements
             )
         residual = pred.sub_(Y[idx])
         if ridge:

@@ -1,0 +1,208 @@
+"""Generate the README's results section from ``benchmarks/results/*.json``.
+
+The tables between the markers ``<!-- results:begin -->`` and ``<!-- results:end -->`` in
+README.md are replaced; nothing in them is typed by hand.
+
+    python benchmarks/report.py            # rewrite README.md in place
+    python benchmarks/report.py --print    # print the section instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _machine(data: dict) -> str:
+    m = data["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores"
+    return f"{where}; torch {data['versions']['torch']}, {data['settings'].get('dtype', '')}"
+
+
+def _f(value, fmt=".2f", missing="n/a"):
+    return missing if value is None else format(value, fmt)
+
+
+def mnist_section(data: dict, title: str) -> list[str]:
+    out = [f"### {title}", "", f"Measured on: {_machine(data)}.", ""]
+    out += [
+        "| kernel (bandwidth) | test error by epoch (%) | s / epoch | set-up s | q | s | m | "
+        "step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kernel, run in data["results"].items():
+        c = run["chosen"]
+        errors = ", ".join(f"{e:.2f}" for e in run["test_error_pct"])
+        per_epoch = sum(run["epoch_seconds"]) / len(run["epoch_seconds"])
+        out.append(
+            f"| {kernel} ({run['bandwidth']:.3g}) | {errors} | {per_epoch:.1f} | "
+            f"{run['setup_seconds']:.1f} | {c['n_components']} | {c['subsample_size']} | "
+            f"{c['batch_size']} | {c['step_size']:.3g} |"
+        )
+    out += ["", "Paper (Gaussian kernel, test error % by epoch): " + "; ".join(
+        f"{name}: " + ", ".join(f"{e}% @{k}" for k, e in pts.items())
+        for name, pts in data["paper"].items()
+    ) + ".", ""]  # fmt: skip
+    return out
+
+
+def cifar_section(data: dict) -> list[str]:
+    out = ["### CIFAR-10", "", f"Measured on: {_machine(data)}. {data['settings']['test_set']}", ""]
+    out += ["| kernel (bandwidth) | test accuracy by epoch (%) | s / epoch | q | m |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    for kernel, run in data["results"].items():
+        acc = ", ".join(f"{100 - e:.1f}" for e in run["test_error_pct"])
+        per_epoch = sum(run["epoch_seconds"]) / len(run["epoch_seconds"])
+        c = run["chosen"]
+        out.append(
+            f"| {kernel} ({run['bandwidth']:.3g}) | {acc} | {per_epoch:.1f} | "
+            f"{c['n_components']} | {c['batch_size']} |"
+        )
+    if "bandwidth_selection" in data:
+        out += ["", "Bandwidths chosen on a split of the training set: " + "; ".join(
+            f"{k}: {v['chosen']:.3g} (from {', '.join(f'{b:.3g}' for b in v['grid'])})"
+            for k, v in data["bandwidth_selection"].items()
+        ) + "."]  # fmt: skip
+    return out + [""]
+
+
+def compare_section(data: dict) -> list[str]:
+    out = ["### EigenPro against the alternatives (MNIST)", "", f"Measured on: {_machine(data)}.",
+           f"EigenPro and plain SGD: {data['settings']['epochs']} epochs; plain SGD at "
+           "EigenPro's batch size; error on the 10000 test images.", ""]  # fmt: skip
+    out += ["| n | method | fit s | predict s | test error % | peak RSS MiB |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in data["results"]:
+        for method, run in row.items():
+            if method == "n":
+                continue
+            if "skipped" in run:
+                out.append(f"| {row['n']} | {method} | skipped: {run['skipped']} | | | |")
+                continue
+            if method == "plain_sgd":
+                reach = run["epochs_to_target"]
+                note = (f"reaches EigenPro's training loss after {reach} epochs" if reach else
+                        f"not there after {run['epochs_run']} epochs")  # fmt: skip
+                out.append(
+                    f"| {row['n']} | plain SGD ({note}) | "
+                    f"{_f(run.get('fit_seconds_same_epochs'), '.1f')} | | "
+                    f"{_f(run.get('test_error_pct_same_epochs'))} | {run['peak_rss_mib']:.0f} |"
+                )
+                continue
+            out.append(
+                f"| {row['n']} | {method.replace('_', ' ')} | {run['fit_seconds']:.1f} | "
+                f"{run['predict_seconds']:.1f} | {run['test_error_pct']:.2f} | "
+                f"{run['peak_rss_mib']:.0f} |"
+            )
+    return out + [""]
+
+
+def throughput_section(data: dict, before: dict | None) -> list[str]:
+    out = ["### One epoch against the physical floor (MNIST, d = 784, float32)", "",
+           f"Measured on: {_machine(data)}. Floor: {data['floor']}.", ""]  # fmt: skip
+    head = "| n | epoch s | floor s | ratio | peak RSS MiB | data MiB |"
+    if before:
+        head += " ratio before |"
+    out += [head, "|---" * (head.count("|") - 1) + "|"]
+    old = {r["n"]: r for r in before["results"]} if before else {}
+    for r in data["results"]:
+        line = (
+            f"| {r['n']} | {r['epoch_seconds']:.1f} | {r['floor_seconds']:.1f} | "
+            f"{r['ratio_to_floor']:.3f} | {r['peak_rss_mib']:.0f} | {r['data_mib']:.0f} |"
+        )
+        if before:
+            prev = old.get(r["n"])
+            line += f" {prev['ratio_to_floor']:.3f} |" if prev else " |"
+        out.append(line)
+    return out + [""]
+
+
+def sgd_section(data: dict) -> list[str]:
+    out = ["### EigenPro against plain kernel SGD (Gaussian kernel)", "",
+           f"Measured on: {_machine(data)}. Target: EigenPro's training MSE after its epochs.",
+           ""]  # fmt: skip
+    out += ["| problem | n | EigenPro: epochs, s | plain SGD at EigenPro's batch | "
+            "plain SGD at its own batch |", "|---|---|---|---|---|"]  # fmt: skip
+
+    def reach(run):
+        if run["epochs_to_target"] is None:
+            return f"not reached in {run['epochs_run']} epochs ({run['seconds'][-1]:.1f} s)"
+        return f"{run['epochs_to_target']} epochs, {run['seconds_to_target']:.1f} s"
+
+    for s in data["results"]:
+        ep, same, own = s["eigenpro"], s["sgd_same_batch"], s["sgd_own_batch"]
+        out.append(
+            f"| {s['problem']} | {s['n']} | {reach(ep)} (m = {ep['batch_size']}) | "
+            f"{reach(same)} (m = {same['batch_size']}) | {reach(own)} (m = {own['batch_size']}) |"
+        )
+    return out + [""]
+
+
+def scale_section(data: dict) -> list[str]:
+    rows = data.get("results") or data.get("synthetic") or []
+    out = ["### EigenPro 3: scale (synthetic, d = 32)", "", f"Measured on: {_machine(data)}.", ""]
+    keys = [k for k in ("n", "n_centers", "epoch_seconds", "microseconds_per_point",
+                        "peak_rss_mib", "data_mib") if rows and k in rows[0]]  # fmt: skip
+    out += ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(_cell(r[k]) for k in keys) + " |")
+    return out + [""]
+
+
+def _cell(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def build() -> str:
+    parts = [BEGIN, "", "_Generated by `python benchmarks/report.py` from "
+             "`benchmarks/results/*.json`; do not edit by hand._", ""]  # fmt: skip
+    sections = [
+        ("mnist", lambda d: mnist_section(d, "MNIST, 60000 training images (CPU)")),
+        ("mnist_cuda", lambda d: mnist_section(d, "MNIST on a GPU")),
+        ("cifar10", cifar_section),
+        ("compare", compare_section),
+        ("throughput", lambda d: throughput_section(d, _load("throughput_before"))),
+        ("sgd_vs_eigenpro", sgd_section),
+        ("scale", scale_section),
+    ]
+    for name, render in sections:
+        data = _load(name)
+        if data is not None:
+            parts += render(data)
+    if (RESULTS / "spectrum.png").exists():
+        parts += ["### The spectrum and its flattening", "",
+                  "![spectrum](benchmarks/results/spectrum.png)", ""]  # fmt: skip
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--print", action="store_true")
+    args = p.parse_args()
+    section = build()
+    if args.print:
+        print(section)
+        return
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md lacks the markers {BEGIN} ... {END}")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + section + tail)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()
