@@ -2,7 +2,7 @@
 #   make demo    train EigenProClassifier on MNIST (or bundled digits) and print accuracy and time
 #   make test    run the whole test suite
 #   make lint    ruff
-#   make bench   the benchmark studies (long; see benchmarks/README.md)
+#   make bench   every benchmark study, then the README tables (hours; see README.md)
 #
 # TORCH_SPEC picks the torch build installed first, before the package. Empty (the default)
 # lets pip choose; CPU-only machines can save gigabytes with e.g.
