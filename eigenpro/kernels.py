@@ -87,8 +87,9 @@ class Kernel(ABC):
         their row statistics)."""
         return (Z, self.row_stats(Z) if z_stats is None else z_stats)
 
-    def prepared_block(self, X: torch.Tensor, x_stats, prepared) -> torch.Tensor:
-        """``K(X, Z)`` for centers preprocessed by :meth:`prepare`."""
+    def prepared_block(self, X: torch.Tensor, x_stats, prepared, out=None) -> torch.Tensor:
+        """``K(X, Z)`` for centers preprocessed by :meth:`prepare`; kernels that can write
+        into a preallocated ``out`` of shape (len(X), len(Z)) do so."""
         Z, z_stats = prepared
         return self.block(X, Z, x_stats, z_stats)
 
@@ -146,13 +147,13 @@ class RadialKernel(Kernel):
         sq = self.row_stats(Z) if z_stats is None else z_stats
         return torch.cat([Z, torch.ones_like(sq).unsqueeze(1), (c * sq).unsqueeze(1)], dim=1)
 
-    def prepared_block(self, X, x_stats, prepared):
+    def prepared_block(self, X, x_stats, prepared, out=None):
         c = self.distance_scale()
         sq = self.row_stats(X) if x_stats is None else x_stats
         rows = torch.cat(
             [X * (-2.0 * c), (c * sq).unsqueeze(1), torch.ones_like(sq).unsqueeze(1)], 1
         )
-        return self.profile_scaled_(rows @ prepared.T)
+        return self.profile_scaled_(torch.mm(rows, prepared.T, out=out))
 
     def diag(self, X):
         return self.profile_(torch.zeros(X.shape[0], dtype=X.dtype, device=X.device))
@@ -371,6 +372,7 @@ def kernel_matmul(
     max_block_elements: int = 2**24,
     keep_columns: torch.Tensor | None = None,
     prepared=None,
+    workspace: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Compute ``K(X, Z) @ W`` without holding more than one kernel block in memory.
 
@@ -389,6 +391,9 @@ def kernel_matmul(
     prepared : optional
         ``kernel.prepare(Z, z_stats)``, computed once for fixed centers (radial kernels:
         the augmented centers of the fused distance product); overrides ``z_stats``.
+    workspace : Tensor, optional
+        A flat buffer reused for the kernel blocks when large enough (the solver keeps one
+        across batches).
     keep_columns : LongTensor, optional
         Sorted column indices ``J``; when given, also return ``K(X, Z[J])``, gathered from
         the blocks already computed (no second kernel evaluation).
@@ -410,12 +415,19 @@ def kernel_matmul(
     min_rows = min(m, 256)
     cols = _column_block_size(min_rows, p, max_block_elements)
     rows = max(min_rows, max_block_elements // max(cols, 1)) if cols == p else min_rows
+    # One buffer for every block (and, passed in, for every call): fresh memory for each block
+    # would be page-faulted and zeroed by the OS, a cost comparable to the exponentials.
+    needed = min(m, rows) * cols
     for r0 in range(0, m, rows):
         Xr = X[r0 : r0 + rows]
         x_stats = kernel.row_stats(Xr)
         for c0 in range(0, p, cols):
             c1 = min(p, c0 + cols)
-            block = kernel.prepared_block(Xr, x_stats, kernel.prepared_rows(prepared, c0, c1))
+            if workspace is None or workspace.numel() < needed:
+                workspace = torch.empty(needed, dtype=X.dtype, device=X.device)
+            buffer = workspace[: Xr.shape[0] * (c1 - c0)].view(Xr.shape[0], c1 - c0)
+            chunk = kernel.prepared_rows(prepared, c0, c1)
+            block = kernel.prepared_block(Xr, x_stats, chunk, out=buffer)
             out[r0 : r0 + rows].addmm_(block, W[c0:c1])
             if kept is not None:
                 lo, hi = torch.searchsorted(

@@ -307,6 +307,7 @@ def _run_epoch(
     # One per-point rate for every batch: a short last batch then takes a proportionally
     # smaller (still stable) step instead of a larger one.
     rate = eta / batch_size
+    workspace = torch.empty(min(batch_size * n, max_block_elements), dtype=X.dtype, device=device)
     for i, idx in enumerate(bar):
         Xb = X[idx]
         if use_correction:
@@ -318,11 +319,13 @@ def _run_epoch(
                 prepared=prepared,
                 max_block_elements=max_block_elements,
                 keep_columns=sub_idx,
+                workspace=workspace,
             )
         else:
             pred = kernel_matmul(
-                kernel, Xb, X, coef, prepared=prepared, max_block_elements=max_block_elements
-            )
+                kernel, Xb, X, coef, prepared=prepared, max_block_elements=max_block_elements,
+                workspace=workspace,
+            )  # fmt: skip
         residual = pred.sub_(Y[idx])
         if ridge:
             residual.add_(coef[idx], alpha=ridge)

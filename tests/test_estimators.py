@@ -250,9 +250,9 @@ class RecordingKernel(GaussianKernel):
         self.largest = max(self.largest, X.shape[0] * Z.shape[0])
         return super().block(X, Z, x_stats, z_stats)
 
-    def prepared_block(self, X, x_stats, prepared):  # the fused path for fixed centers
+    def prepared_block(self, X, x_stats, prepared, out=None):  # the fused path, fixed centers
         self.largest = max(self.largest, X.shape[0] * prepared.shape[0])
-        return super().prepared_block(X, x_stats, prepared)
+        return super().prepared_block(X, x_stats, prepared, out)
 
 
 def test_small_memory_budget_computes_the_same_fit_in_smaller_blocks():

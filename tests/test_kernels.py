@@ -154,9 +154,9 @@ class RecordingKernel(GaussianKernel):
         super().__init__(bandwidth)
         self.shapes = []
 
-    def prepared_block(self, X, x_stats, prepared):
+    def prepared_block(self, X, x_stats, prepared, out=None):
         self.shapes.append((X.shape[0], prepared.shape[0]))
-        return super().prepared_block(X, x_stats, prepared)
+        return super().prepared_block(X, x_stats, prepared, out)
 
 
 @pytest.mark.parametrize("max_block", [2**16, 3000, 10**9])

@@ -1,11 +1,17 @@
 """The preconditioner flattens the spectrum exactly as the equations say (checked densely)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from eigenpro.kernels import GaussianKernel
-from eigenpro.preconditioner import STEP_SAFETY, build_preconditioner
+from eigenpro.preconditioner import (
+    STEP_SAFETY,
+    build_preconditioner,
+    preconditioned_top_eigenvalue,
+)
 
 
 @pytest.fixture
@@ -106,3 +112,22 @@ def test_parameter_errors(problem):
         _build(kernel, X, subsample_size=401)
     with pytest.raises(ValueError, match="numerically zero"):
         _build(kernel, torch.zeros(50, 3, dtype=torch.float64) + 1.0, n_components=3)
+
+
+def test_measured_top_eigenvalue_after_preconditioning_is_the_flattened_level():
+    """On the subsample itself, K_S - K_S E D E^T K_S has the spectrum of K_S with its top q
+    eigenvalues replaced by lambda_{q+1}: the measured top eigenvalue is lambda_{q+1}
+    (numpy.linalg.eigh as the reference); with q = 0 it is lambda_1."""
+    rng = np.random.default_rng(5)
+    X = torch.tensor(rng.normal(size=(300, 4)))
+    kernel = GaussianKernel(1.5)
+    reference = np.linalg.eigh(kernel(X, X).numpy() / 300)
+    vals, vecs = reference[0][::-1], reference[1][:, ::-1]
+    q = 12
+    E = torch.tensor(vecs[:, :q].copy()) / math.sqrt(300)
+    top = torch.tensor(vals[:q].copy())
+    D = (1 - vals[q] / top) / top
+    measured = preconditioned_top_eigenvalue(kernel, X, X, E, D)
+    np.testing.assert_allclose(measured, vals[q], rtol=1e-8)
+    none = preconditioned_top_eigenvalue(kernel, X, X, E[:, :0], D[:0])
+    np.testing.assert_allclose(none, vals[0], rtol=1e-10)
