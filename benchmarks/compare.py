@@ -20,6 +20,7 @@ running loss) for both iterative methods. Nothing is tuned on the test set.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -152,10 +153,16 @@ def main():
     p.add_argument("--sgd-max-seconds", type=float, default=600.0)
     p.add_argument("--krr-max-n", type=int, default=30000)
     p.add_argument("--nystroem", type=int, nargs="+", default=[2000, 5000])
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of other n already in <out>/compare.json")  # fmt: skip
     args = p.parse_args()
     device = resolve_device(args.device)
     X_all, y_all, X_test, y_test = load_mnist_scaled(args.data_dir, max(args.n_train))
     rows = []
+    previous = args.out / "compare.json"
+    if args.merge and previous.exists():
+        kept = json.loads(previous.read_text())["results"]
+        rows = [r for r in kept if r["n"] not in args.n_train]
     for n in args.n_train:
         X, y = np.ascontiguousarray(X_all[:n]), y_all[:n]
         print(f"=== n = {n}")
@@ -170,6 +177,7 @@ def main():
             row[f"nystroem_{c}"] = nystroem_ridge(X, y, X_test, y_test, c, args)
             print(f"Nystroem {c} + Ridge: {_fmt(row[f'nystroem_{c}'])}")
         rows.append(row)
+        rows.sort(key=lambda r: r["n"])
         payload = {
             "study": "compare",
             "settings": settings(

@@ -75,6 +75,14 @@ def _as_tensor(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> t
     return torch.from_numpy(array).to(device)
 
 
+def _score_eval_sets(eval_tensors, predict_fn) -> dict:
+    """Score each ``(X_eval, scorer)`` pair on ``predict_fn(X_eval)``; the history record of
+    the epoch gets the scores and the seconds they took (outside the epoch's clock)."""
+    start = time.perf_counter()
+    scores = [float(scorer(predict_fn(Xe).double().cpu().numpy())) for Xe, scorer in eval_tensors]
+    return {"eval_scores": scores, "eval_seconds": time.perf_counter() - start}
+
+
 class _BaseEigenPro(BaseEstimator):
     """Shared fitting and prediction; subclasses define targets and scores."""
 
@@ -251,15 +259,11 @@ class _BaseEigenPro(BaseEstimator):
             center_stats = kernel.row_stats(X_t)
 
             def callback(epoch: int, coef: torch.Tensor, record: dict) -> dict:
-                start = time.perf_counter()
-                scores = []
-                for Xe, scorer in eval_tensors:
-                    pred = predict(
-                        kernel, Xe, X_t, coef, center_stats=center_stats,
-                        max_block_elements=plan.max_block_elements,
-                    )  # fmt: skip
-                    scores.append(float(scorer(pred.double().cpu().numpy())))
-                return {"eval_scores": scores, "eval_seconds": time.perf_counter() - start}
+                return _score_eval_sets(
+                    eval_tensors,
+                    lambda Xe: predict(kernel, Xe, X_t, coef, center_stats=center_stats,
+                                       max_block_elements=plan.max_block_elements),
+                )  # fmt: skip
 
         result = fit_eigenpro(
             kernel,
@@ -380,11 +384,7 @@ class _BaseEigenPro(BaseEstimator):
             eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
 
             def callback(epoch: int, predict_fn) -> dict:
-                scores = [
-                    float(scorer(predict_fn(Xe).double().cpu().numpy()))
-                    for Xe, scorer in eval_tensors
-                ]
-                return {"eval_scores": scores}
+                return _score_eval_sets(eval_tensors, predict_fn)
 
         result = fit_eigenpro3(
             kernel,
