@@ -104,7 +104,27 @@ def compare_section(data: dict) -> list[str]:
                 f"{run['predict_seconds']:.1f} | {run['test_error_pct']:.2f} | "
                 f"{run['peak_rss_mib']:.0f} |"
             )
+    out += ["", crossover(data)]
     return out + [""]
+
+
+def crossover(data: dict) -> str:
+    """Where EigenPro's fit becomes faster than KernelRidge's: measured, and in flops."""
+    epochs, d = data["settings"]["epochs"], 784
+    both = [r for r in data["results"] if "skipped" not in r["kernel_ridge"]]
+    faster = [
+        r["n"] for r in both if r["eigenpro"]["fit_seconds"] < r["kernel_ridge"]["fit_seconds"]
+    ]
+    slower = [r["n"] for r in both if r["n"] not in faster]
+    flops_n = 6 * epochs * d  # epochs * 2 n^2 d = n^3 / 3
+    if faster:
+        measured = (f"EigenPro's fit is faster than KernelRidge's from n = {min(faster)} on"
+                    + (f" (slower at n = {max(slower)})" if slower else ""))  # fmt: skip
+    else:
+        measured = "EigenPro's fit was not faster than KernelRidge's at any n measured"
+    return (f"{measured}; counting flops alone (epochs x 2 n^2 d against n^3 / 3) the crossover "
+            f"is n = 6 x epochs x d = {flops_n}. KernelRidge also evaluates the kernel and "
+            "works in float64, which moves the measured crossover lower.")  # fmt: skip
 
 
 def throughput_section(data: dict, before: dict | None) -> list[str]:

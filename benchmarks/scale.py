@@ -180,6 +180,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n in args.n_train:
             results.append(run_one(args, n, Path(tmp)))
+            write_results(args, results, mnist=None)  # after every n: partial runs survive
+            plot(results, _common.plot_path(args.out, "scale"))
+    mnist = run_mnist(args) if args.mnist else None
+    write_results(args, results, mnist)
+    plot(results, _common.plot_path(args.out, "scale"))
+
+
+def write_results(args, results, mnist) -> None:
     per_point = np.array([r["seconds_per_point"] for r in results])
     flat = bool(per_point.max() <= (1 + FLAT_TOLERANCE) * per_point.min())
     payload = {
@@ -191,10 +199,9 @@ def main() -> None:
         "results": results,
         "seconds_per_point_flat_within_25pct": flat,
         "memory_below_data_plus_2gib": all(r["memory_ok"] for r in results),
-        "mnist": run_mnist(args) if args.mnist else None,
+        "mnist": mnist,
     }
     _common.write_json(args.out / "scale.json", payload)
-    plot(results, _common.plot_path(args.out, "scale"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Fit scikit-learn's KernelRidge in a process of its own (no torch loaded).
+
+Called by compare.py as ``python _krr_worker.py data.npz out.json``: the exact solver's
+LAPACK runs with scipy's own BLAS alone in the process (with torch's BLAS beside it, scipy's
+OpenBLAS crashed on a 20000 x 20000 solve here), and its peak memory is its own.
+"""
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+from sklearn.kernel_ridge import KernelRidge
+
+
+def main(data_path: str, out_path: str) -> None:
+    data = np.load(data_path)
+    X, Y, X_test, y_test = data["X"], data["Y"], data["X_test"], data["y_test"]
+    gamma, alpha = float(data["gamma"]), float(data["alpha"])
+    model = KernelRidge(kernel="rbf", gamma=gamma, alpha=alpha)
+    start = time.perf_counter()
+    model.fit(X, Y)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    pred = model.predict(X_test).argmax(axis=1)
+    predict_seconds = time.perf_counter() - start
+    result = {
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "test_error_pct": 100 * float(np.mean(pred != y_test)),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "process": "separate (peak RSS of the whole worker, data loading included)",
+    }
+    with open(out_path, "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
