@@ -1,8 +1,9 @@
 """Fit scikit-learn's KernelRidge in a process of its own (no torch loaded).
 
-Called by compare.py as ``python _krr_worker.py data.npz out.json``: the exact solver's
-LAPACK runs with scipy's own BLAS alone in the process (with torch's BLAS beside it, scipy's
-OpenBLAS crashed on a 20000 x 20000 solve here), and its peak memory is its own.
+Called by compare.py as ``python _krr_worker.py data.npz out.json``: a crash of the exact
+solver's LAPACK (scipy's OpenBLAS segfaulted on a 20000 x 20000 solve on the 2-core benchmark
+machine, with or without torch loaded) ends only this process, and its peak memory is its
+own.
 """
 
 import json

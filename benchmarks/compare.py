@@ -129,8 +129,9 @@ def kernel_ridge(X, y, X_test, y_test, args):
         return {"skipped": f"needs about {need / 2**30:.0f} GiB for its n x n float64 matrices"}
     if n > args.krr_max_n:
         return {"skipped": f"n > --krr-max-n ({args.krr_max_n}): over the time budget"}
-    # In a process of its own: scipy's OpenBLAS beside torch's crashed on the 20000 x 20000
-    # solve, and the worker's peak memory is then the exact solver's alone.
+    # In a process of its own: scipy's OpenBLAS crashed (SIGSEGV) on the 20000 x 20000 solve
+    # on this machine, with or without torch loaded; a worker turns that into a reported skip,
+    # and its peak memory is the exact solver's alone.
     with tempfile.TemporaryDirectory() as tmp:
         data, out = Path(tmp) / "data.npz", Path(tmp) / "out.json"
         np.savez(data, X=X.astype(np.float64), Y=np.eye(10)[y], X_test=X_test.astype(np.float64),
