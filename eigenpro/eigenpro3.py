@@ -58,7 +58,14 @@ from .preconditioner import (
     default_subsample_size,
     preconditioned_top_eigenvalue,
 )
-from .solver import CPU_MAX_BATCH, DIVERGENCE_FACTOR, MAX_RETRIES, NOISE_FLOOR, DivergenceError
+from .solver import (
+    CPU_MAX_BATCH,
+    DIVERGENCE_FACTOR,
+    MAX_RETRIES,
+    NOISE_FLOOR,
+    DivergenceError,
+    running_loss_ok,
+)
 from .streaming import HostData
 
 __all__ = [
@@ -751,10 +758,7 @@ def _run_epoch(
 
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
             running = float(total) / (seen * n_out)
-            if not math.isfinite(running) or running > loss_limit:
-                bar.close()
+            if not running_loss_ok(running, loss_limit, bar, verbose):
                 return running, False
-            if verbose:
-                bar.set_postfix(loss=f"{running:.4g}", refresh=False)
     bar.close()
     return float(total) / (n * n_out), True

@@ -285,6 +285,17 @@ def fit_eigenpro(
     return result
 
 
+def running_loss_ok(running: float, loss_limit: float, bar, verbose: int) -> bool:
+    """Divergence check of an epoch in progress, shared by the EigenPro 2 and 3 loops: False
+    (and the progress bar closed) when the running loss is non-finite or above the limit."""
+    if not math.isfinite(running) or running > loss_limit:
+        bar.close()
+        return False
+    if verbose:
+        bar.set_postfix(loss=f"{running:.4g}", refresh=False)
+    return True
+
+
 def _run_epoch(
     kernel, X, Y, coef, prepared, preconditioner, sub_idx, use_correction, batch_size, eta, ridge,
     rng, max_block_elements, loss_limit, sync_every, epoch, n_epochs, verbose,
@@ -338,10 +349,7 @@ def _run_epoch(
             coef.index_add_(0, sub_idx, correction, alpha=rate)
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
             running = float(total) / (seen * n_out)
-            if not math.isfinite(running) or running > loss_limit:
-                bar.close()
+            if not running_loss_ok(running, loss_limit, bar, verbose):
                 return running, False
-            if verbose:
-                bar.set_postfix(loss=f"{running:.4g}", refresh=False)
     bar.close()
     return float(total) / (n * n_out), True
