@@ -358,6 +358,15 @@ def get_kernel(kernel: str | Callable | Kernel, bandwidth: float | None = None, 
     raise TypeError(f"kernel must be a name, a callable or a Kernel; got {type(kernel).__name__}")
 
 
+#: On the CPU the kernel block of a call is computed in column tiles of about this many
+#: elements (8 MiB in float32), so that the exponentials and the product with the
+#: coefficients read it from cache rather than from memory: on the 2-core benchmark machine
+#: this cut an MNIST-60k epoch by 13% against one full-width block.
+CPU_TILE_ELEMENTS = 2**21
+#: ... but never narrower than this many columns (GEMM efficiency).
+MIN_TILE_COLUMNS = 512
+
+
 def _column_block_size(n_rows: int, n_cols: int, max_elements: int) -> int:
     return max(1, min(n_cols, max_elements // max(n_rows, 1)))
 
@@ -370,7 +379,8 @@ def kernel_matmul(
     *,
     z_stats: torch.Tensor | None = None,
     max_block_elements: int = 2**24,
-    keep_columns: torch.Tensor | None = None,
+    keep_columns: torch.Tensor | slice | None = None,
+    keep_map: torch.Tensor | None = None,
     prepared=None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -387,21 +397,26 @@ def kernel_matmul(
     z_stats : Tensor, optional
         ``kernel.row_stats(Z)``, precomputed once for fixed centers.
     max_block_elements : int
-        Largest kernel block (rows x columns) materialised at once.
+        Largest kernel block (rows x columns) materialised at once. On the CPU blocks are
+        further cut into column tiles of about :data:`CPU_TILE_ELEMENTS`.
     prepared : optional
         ``kernel.prepare(Z, z_stats)``, computed once for fixed centers (radial kernels:
         the augmented centers of the fused distance product); overrides ``z_stats``.
     workspace : Tensor, optional
         A flat buffer reused for the kernel blocks when large enough (the solver keeps one
         across batches).
-    keep_columns : LongTensor, optional
-        Sorted column indices ``J``; when given, also return ``K(X, Z[J])``, gathered from
-        the blocks already computed (no second kernel evaluation).
+    keep_columns : LongTensor or slice, optional
+        Column indices ``J`` (sorted), or a contiguous ``slice(start, stop)`` of them; when
+        given, also return ``K(X, Z[J])`` (or its product with ``keep_map``), taken from the
+        blocks already computed (no second kernel evaluation).
+    keep_map : Tensor of shape (len(J), q), optional
+        Return ``K(X, Z[J]) @ keep_map`` instead of ``K(X, Z[J])``, accumulated tile by tile
+        while each tile is in cache.
 
     Returns
     -------
     out : Tensor of shape (m, l)
-    kept : Tensor of shape (m, len(J))
+    kept : Tensor of shape (m, len(J)) or (m, q)
         Only when ``keep_columns`` is given.
     """
     m, p = X.shape[0], Z.shape[0]
@@ -410,31 +425,56 @@ def kernel_matmul(
     out = torch.zeros(m, W.shape[1], dtype=W.dtype, device=W.device)
     kept = None
     if keep_columns is not None:
-        kept = torch.empty(m, keep_columns.numel(), dtype=X.dtype, device=X.device)
+        if isinstance(keep_columns, slice):
+            n_kept = keep_columns.stop - keep_columns.start
+        else:
+            n_kept = keep_columns.numel()
+        width = n_kept if keep_map is None else keep_map.shape[1]
+        kept = torch.zeros(m, width, dtype=X.dtype, device=X.device)
     # Rows in chunks only when a full-width block of at least 256 rows would not fit.
     min_rows = min(m, 256)
     cols = _column_block_size(min_rows, p, max_block_elements)
     rows = max(min_rows, max_block_elements // max(cols, 1)) if cols == p else min_rows
+    rows = min(rows, m) if m else 1
+    if X.device.type == "cpu":
+        cols = min(cols, max(MIN_TILE_COLUMNS, CPU_TILE_ELEMENTS // rows))
     # One buffer for every block (and, passed in, for every call): fresh memory for each block
     # would be page-faulted and zeroed by the OS, a cost comparable to the exponentials.
-    needed = min(m, rows) * cols
+    needed = rows * min(cols, p)
+    if workspace is None or workspace.numel() < needed:
+        workspace = torch.empty(needed, dtype=X.dtype, device=X.device)
     for r0 in range(0, m, rows):
         Xr = X[r0 : r0 + rows]
         x_stats = kernel.row_stats(Xr)
         for c0 in range(0, p, cols):
             c1 = min(p, c0 + cols)
-            if workspace is None or workspace.numel() < needed:
-                workspace = torch.empty(needed, dtype=X.dtype, device=X.device)
             buffer = workspace[: Xr.shape[0] * (c1 - c0)].view(Xr.shape[0], c1 - c0)
             chunk = kernel.prepared_rows(prepared, c0, c1)
             block = kernel.prepared_block(Xr, x_stats, chunk, out=buffer)
             out[r0 : r0 + rows].addmm_(block, W[c0:c1])
             if kept is not None:
-                lo, hi = torch.searchsorted(
-                    keep_columns, torch.tensor([c0, c1], device=keep_columns.device)
-                ).tolist()
-                if hi > lo:
-                    kept[r0 : r0 + rows, lo:hi] = block[:, keep_columns[lo:hi] - c0]
+                _keep(block, c0, c1, keep_columns, keep_map, kept[r0 : r0 + rows])
     if keep_columns is not None:
         return out, kept
     return out
+
+
+def _keep(block, c0, c1, keep_columns, keep_map, kept) -> None:
+    """Add the kept columns of one block (columns ``c0:c1``) to ``kept``."""
+    if isinstance(keep_columns, slice):
+        lo, hi = max(c0, keep_columns.start), min(c1, keep_columns.stop)
+        if hi <= lo:
+            return
+        cols = block[:, lo - c0 : hi - c0]
+        lo, hi = lo - keep_columns.start, hi - keep_columns.start
+    else:
+        lo, hi = torch.searchsorted(
+            keep_columns, torch.tensor([c0, c1], device=keep_columns.device)
+        ).tolist()
+        if hi <= lo:
+            return
+        cols = block[:, keep_columns[lo:hi] - c0]
+    if keep_map is None:
+        kept[:, lo:hi] = cols
+    else:
+        kept.addmm_(cols, keep_map[lo:hi])

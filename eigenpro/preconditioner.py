@@ -132,8 +132,15 @@ class EigenProPreconditioner:
             ``K(X_B, X_S)``, taken from the batch's kernel block.
         residual : Tensor of shape (m, l)
         """
-        projected = (kmat_batch_subsample @ self.eigenvectors).T @ residual  # (q, l)
-        return self.eigenvectors @ (self.scales.unsqueeze(1) * projected)
+        return self.correction_from_projection(kmat_batch_subsample @ self.eigenvectors, residual)
+
+    def correction_from_projection(
+        self, projected_batch: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`correction` from ``K(X_B, X_S) E`` (shape (m, q)), which the solver
+        accumulates while computing the batch's kernel block."""
+        coords = projected_batch.T @ residual  # (q, l)
+        return self.eigenvectors @ (self.scales.unsqueeze(1) * coords)
 
 
 def _preconditioned_diagonals(

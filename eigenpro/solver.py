@@ -198,11 +198,18 @@ def fit_eigenpro(
     rng = np.random.default_rng() if rng is None else rng
     n, n_out = Y.shape
     device = X.device
-    coef = torch.zeros(n, n_out, dtype=X.dtype, device=device)
-    x_stats = kernel.row_stats(X)
-    prepared = kernel.prepare(X, x_stats)  # once: the fused form of the centers
+    # The solver orders the centers with the subsample first: the preconditioner's columns
+    # K(X_B, X_S) are then a contiguous slice of each kernel block, projected on E tile by
+    # tile while in cache, and its update is a slice of the coefficients (no gathers).
+    # `coef` lives in that order; `order[j]` is the training row of center j.
     sub_idx = preconditioner.subsample_indices
+    order = _subsample_first(sub_idx, n)
+    centers = X[order]
+    prepared = kernel.prepare(centers)  # once: the fused form of the centers
+    del centers  # radial kernels keep only the fused form
+    n_sub = sub_idx.numel()
     use_correction = preconditioner.n_components > 0
+    coef = torch.zeros(n, n_out, dtype=X.dtype, device=device)
     zero_loss = max(float(Y.pow(2).sum()) / (n * n_out), 1e-30)  # loss of the zero model
     reference = zero_loss
     sync_every = _sync_every(device)
@@ -220,7 +227,7 @@ def fit_eigenpro(
             loss_limit = DIVERGENCE_FACTOR * max(reference, NOISE_FLOOR * zero_loss)
             snapshot = coef.clone()
             loss, ok = _run_epoch(
-                kernel, X, Y, coef, prepared, preconditioner, sub_idx, use_correction,
+                kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction,
                 batch_size, eta, ridge, rng, max_block_elements, loss_limit, sync_every,
                 epoch, n_epochs, verbose,
             )  # fmt: skip
@@ -271,7 +278,7 @@ def fit_eigenpro(
         else:
             result.best_epoch = epoch
         if callback is not None:
-            record.update(callback(epoch, coef, dict(record)) or {})
+            record.update(callback(epoch, _training_order(coef, order), dict(record)) or {})
             stop = stop or bool(record.get("stop"))
         result.history.append(record)
         result.n_epochs = epoch
@@ -280,9 +287,23 @@ def fit_eigenpro(
 
     if best_coef is not None:
         coef = best_coef
-    result.coef = coef
+    result.coef = _training_order(coef, order)
     result.step_size = eta
     return result
+
+
+def _subsample_first(sub_idx: torch.Tensor, n: int) -> torch.Tensor:
+    """A permutation of ``range(n)`` that starts with ``sub_idx`` (the rest in order)."""
+    rest = torch.ones(n, dtype=torch.bool, device=sub_idx.device)
+    rest[sub_idx] = False
+    return torch.cat([sub_idx, torch.nonzero(rest).flatten()])
+
+
+def _training_order(coef: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Coefficients indexed by training row, from the solver's subsample-first order."""
+    out = torch.empty_like(coef)
+    out[order] = coef
+    return out
 
 
 def running_loss_ok(running: float, loss_limit: float, bar, verbose: int) -> bool:
@@ -297,14 +318,18 @@ def running_loss_ok(running: float, loss_limit: float, bar, verbose: int) -> boo
 
 
 def _run_epoch(
-    kernel, X, Y, coef, prepared, preconditioner, sub_idx, use_correction, batch_size, eta, ridge,
-    rng, max_block_elements, loss_limit, sync_every, epoch, n_epochs, verbose,
+    kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction, batch_size, eta,
+    ridge, rng, max_block_elements, loss_limit, sync_every, epoch, n_epochs, verbose,
 ):  # fmt: skip
-    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging)."""
+    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging).
+
+    Batches are positions in the subsample-first order of ``coef`` and ``prepared``;
+    ``order`` maps them to rows of ``X`` and ``Y``.
+    """
     n, n_out = Y.shape
     device = X.device
-    order = torch.as_tensor(rng.permutation(n), device=device)
-    batches = torch.split(order, batch_size)
+    positions = torch.as_tensor(rng.permutation(n), device=device)
+    batches = torch.split(positions, batch_size)
     total = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     bar = tqdm(
@@ -319,17 +344,20 @@ def _run_epoch(
     # smaller (still stable) step instead of a larger one.
     rate = eta / batch_size
     workspace = torch.empty(min(batch_size * n, max_block_elements), dtype=X.dtype, device=device)
-    for i, idx in enumerate(bar):
-        Xb = X[idx]
+    keep = slice(0, n_sub)
+    for i, pos in enumerate(bar):
+        rows = order[pos]
+        Xb = X[rows]
         if use_correction:
-            pred, k_bs = kernel_matmul(
+            pred, projected = kernel_matmul(
                 kernel,
                 Xb,
                 X,
                 coef,
                 prepared=prepared,
                 max_block_elements=max_block_elements,
-                keep_columns=sub_idx,
+                keep_columns=keep,
+                keep_map=preconditioner.eigenvectors,
                 workspace=workspace,
             )
         else:
@@ -337,16 +365,16 @@ def _run_epoch(
                 kernel, Xb, X, coef, prepared=prepared, max_block_elements=max_block_elements,
                 workspace=workspace,
             )  # fmt: skip
-        residual = pred.sub_(Y[idx])
+        residual = pred.sub_(Y[rows])
         if ridge:
-            residual.add_(coef[idx], alpha=ridge)
+            residual.add_(coef[pos], alpha=ridge)
         total += residual.pow(2).sum(dtype=torch.float64)
-        seen += idx.numel()
+        seen += pos.numel()
         if use_correction:
-            correction = preconditioner.correction(k_bs, residual)
-        coef.index_add_(0, idx, residual, alpha=-rate)
+            correction = preconditioner.correction_from_projection(projected, residual)
+        coef.index_add_(0, pos, residual, alpha=-rate)
         if use_correction:
-            coef.index_add_(0, sub_idx, correction, alpha=rate)
+            coef[:n_sub].add_(correction, alpha=rate)
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
             running = float(total) / (seen * n_out)
             if not running_loss_ok(running, loss_limit, bar, verbose):

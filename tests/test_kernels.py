@@ -7,6 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn.gaussian_process.kernels import Matern
 from sklearn.metrics.pairwise import linear_kernel, polynomial_kernel, rbf_kernel
 
+from eigenpro import kernels
 from eigenpro.kernels import (
     CallableKernel,
     CauchyKernel,
@@ -174,6 +175,30 @@ def test_kernel_matmul_is_blockwise_and_exact(max_block):
     assert max(r * c for r, c in kernel.shapes) <= max_block
     assert sum(r * c for r, c in kernel.shapes) == 700 * 900  # every entry exactly once
     assert (len(kernel.shapes) > 1) == (max_block < 700 * 900)
+
+
+@pytest.mark.parametrize(
+    "keep", [slice(100, 460), torch.arange(100, 460, 3)], ids=["slice", "index"]
+)
+def test_kernel_matmul_projects_kept_columns_tile_by_tile(monkeypatch, keep):
+    """With ``keep_map`` the kept columns are multiplied into it tile by tile: the result is
+    ``K(X, Z[J]) @ M`` however the CPU tiles cut J, and no tile exceeds the cache budget."""
+    monkeypatch.setattr(kernels, "CPU_TILE_ELEMENTS", 70 * 64)
+    monkeypatch.setattr(kernels, "MIN_TILE_COLUMNS", 16)
+    rng = np.random.default_rng(3)
+    X = torch.tensor(rng.normal(size=(70, 4)))
+    Z = torch.tensor(rng.normal(size=(500, 4)))
+    W = torch.tensor(rng.normal(size=(500, 2)))
+    dense = GaussianKernel(1.2)(X, Z)
+    cols = dense[:, keep]
+    M = torch.tensor(rng.normal(size=(cols.shape[1], 7)))
+    kernel = RecordingKernel(1.2)
+    out, projected = kernel_matmul(kernel, X, Z, W, keep_columns=keep, keep_map=M)
+    torch.testing.assert_close(out, dense @ W, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(projected, cols @ M, rtol=1e-10, atol=1e-10)
+    assert max(c for _, c in kernel.shapes) == 64  # 500 columns in tiles of 64
+    out, kept = kernel_matmul(kernel, X, Z, W, keep_columns=keep)
+    torch.testing.assert_close(kept, cols, rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize(
