@@ -186,6 +186,22 @@ def scale_section(data: dict) -> list[str]:
     return out
 
 
+def scale_mnist_section(data: dict) -> list[str]:
+    res = data["results"]
+    out = ["### EigenPro 3 centers against the EigenPro 2 path (MNIST 60k, Gaussian bandwidth 5)",
+           "", f"Measured on: {_machine(data)}.", ""]  # fmt: skip
+    epochs = max(len(r["test_error_pct"]) for r in res.values())
+    head = "| model | centers | " + " | ".join(f"error % ep {e}" for e in range(1, epochs + 1))
+    out += [head + " | s / epoch | set-up s |", "|---" * (epochs + 4) + "|"]
+    names = {"eigenpro3": "EigenPro 3 (`n_centers`)", "eigenpro2": "EigenPro 2 (all points)"}
+    for key, r in res.items():
+        errors = " | ".join(f"{e:.2f}" for e in r["test_error_pct"])
+        per_epoch = sum(r["epoch_seconds"]) / len(r["epoch_seconds"])
+        out.append(f"| {names.get(key, key)} | {r['n_centers']} | {errors} | {per_epoch:.1f} | "
+                   f"{r['setup_seconds']:.1f} |")  # fmt: skip
+    return out + [""]
+
+
 def _cell(v):
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -201,6 +217,7 @@ def build() -> str:
         ("throughput", lambda d: throughput_section(d, _load("throughput_before"))),
         ("sgd_vs_eigenpro", sgd_section),
         ("scale", scale_section),
+        ("scale_mnist", scale_mnist_section),
     ]
     for name, render in sections:
         data = _load(name)

