@@ -1,9 +1,9 @@
 """Fit scikit-learn's KernelRidge in a process of its own (no torch loaded).
 
 Called by compare.py as ``python _krr_worker.py data.npz out.json``: a crash of the exact
-solver's LAPACK (scipy's OpenBLAS segfaulted on a 20000 x 20000 solve on the 2-core benchmark
-machine, with or without torch loaded) ends only this process, and its peak memory is its
-own.
+solver's LAPACK ends only this process, and its peak memory is its own. scipy's OpenBLAS
+segfaulted in its threaded SkylakeX Cholesky on a 20000 x 20000 solve on the 2-core benchmark
+machines; compare.py starts the worker with ``OPENBLAS_CORETYPE=Haswell``, which solves it.
 """
 
 import json

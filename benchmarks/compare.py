@@ -132,9 +132,9 @@ def kernel_ridge(X, y, X_test, y_test, args):
         return {"skipped": f"n > --krr-max-n ({args.krr_max_n}): over the time budget"}
     # In a process of its own: a crash of the exact solver becomes a reported skip, and the
     # worker's peak memory is the exact solver's alone. scipy's OpenBLAS 0.3.30 picks its
-    # SkylakeX kernels on the benchmark machine's AMD EPYC, and its threaded Cholesky solve
-    # segfaults there from n = 20000 on; its Haswell kernels (AVX2) run the same solve on both
-    # threads. A user's own OPENBLAS_CORETYPE wins.
+    # SkylakeX kernels on the 2-core benchmark machines (AMD EPYC, Intel Xeon), and its
+    # threaded Cholesky solve segfaults there from n = 20000 on; its Haswell kernels (AVX2)
+    # run the same solve on both threads. A user's own OPENBLAS_CORETYPE wins.
     env = dict(os.environ)
     env.setdefault("OPENBLAS_CORETYPE", "Haswell")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
 """EigenPro 3 at scale: seconds per epoch per point and peak memory as n grows.
 
 Synthetic regression (d = 32 by default) streamed from a ``numpy.memmap`` written in chunks,
-``p`` general centers (default 20000), one epoch per n. Two claims are checked and recorded:
+``p`` general centers (default 20000), ``--epochs`` epochs per n (default 2; the fastest
+counts). Two claims are checked and recorded:
 
 * seconds per epoch per point stay flat within 25% as n grows (the work per epoch is
   O(np + p^2), linear in n for fixed p);
@@ -84,7 +85,10 @@ def run_one(args, n: int, workdir: Path) -> dict:
         model.fit(X, y)
         _common.sync(args.device)
         total = time.perf_counter() - start
-    epoch_seconds = float(np.mean([h["seconds"] for h in model.history_]))
+    # The fastest epoch: on a shared 2-core machine single epochs vary by +-15%; the minimum
+    # over repeats filters interference (every epoch's seconds are recorded too).
+    all_epochs = [h["seconds"] for h in model.history_]
+    epoch_seconds = float(min(all_epochs))
     probe = np.sort(np.random.default_rng(args.seed).choice(n, min(n, 20_000), replace=False))
     record = {
         "n_train": n,
@@ -92,6 +96,7 @@ def run_one(args, n: int, workdir: Path) -> dict:
         "data_bytes": int(X.nbytes),
         "seconds_per_epoch": epoch_seconds,
         "seconds_per_point": epoch_seconds / n,
+        "all_epoch_seconds": all_epochs,
         "fit_seconds": total,
         "setup_seconds": total - sum(h["seconds"] for h in model.history_),
         "peak_rss_mib": memory.get("peak_mib"),
@@ -178,7 +183,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = _common.parser(
-        __doc__.splitlines()[0], n_train=[250_000, 500_000, 1_000_000, 2_000_000], epochs=1,
+        __doc__.splitlines()[0], n_train=[250_000, 500_000, 1_000_000, 2_000_000], epochs=2,
         multi_n=True,
     )  # fmt: skip
     p.add_argument("--n-centers", type=int, default=20_000)
