@@ -330,7 +330,7 @@ class _Shard:
         return [c.view_as(t) for c, t in zip(chunks, tensors, strict=True)]
 
     def products(self, X: torch.Tensor, basis: _LocalBasis | None):
-        """Partial ``K(X, Z_r) theta_r`` and ``K(X, X_{S_r}) E_r`` (None without a basis)."""
+        """Partial ``K(X, Z_r) theta_r`` and :meth:`subsample_part` (None without a basis)."""
         if basis is None or basis.n_components == 0:
             pred = kernel_matmul(
                 self.kernel, X, self.Z, self.theta, z_stats=self.z_stats,
@@ -341,7 +341,27 @@ class _Shard:
             self.kernel, X, self.Z, self.theta, z_stats=self.z_stats,
             max_block_elements=self.max_block, keep_columns=basis.positions,
         )  # fmt: skip
-        return pred, kept @ basis.vectors
+        return pred, self.subsample_part(kept, basis)
+
+    def subsample_part(self, kmat_subsample: torch.Tensor, basis: _LocalBasis) -> torch.Tensor:
+        """What a batch contributes to the preconditioner, from ``K(X_B, X_{S_r})``.
+
+        On several ranks, the partial projection ``K(X_B, X_{S_r}) E_r`` (m x q), summed by
+        the batch's one all_reduce; on one rank ``K(X_B, X_S)`` itself, which
+        :meth:`basis_coordinates` multiplies by the residual first (``m s l`` operations
+        instead of ``m s q``).
+        """
+        if self.comm.is_distributed:
+            return kmat_subsample @ basis.vectors
+        return kmat_subsample
+
+    def basis_coordinates(
+        self, part: torch.Tensor, basis: _LocalBasis, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """``E^T K(X_S, X_B) r`` (q x l) from the summed :meth:`subsample_part`."""
+        if self.comm.is_distributed:
+            return part.T @ residual
+        return basis.vectors.T @ (part.T @ residual)
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         """``K(X, Z) theta`` summed over the ranks."""
@@ -466,7 +486,8 @@ class _EigenProProjector:
         rows, local = shard.owned(self.idx)
         shard.theta.index_add_(0, local, residual[rows], alpha=-rate)
         if self._has_proj:
-            change = basis.vectors @ (basis.scales.unsqueeze(1) * (parts[1].T @ residual))
+            coords = shard.basis_coordinates(parts[1], basis, residual)
+            change = basis.vectors @ (basis.scales.unsqueeze(1) * coords)
             shard.theta.index_add_(0, basis.positions, change, alpha=rate)
         self._total += residual.pow(2).sum(dtype=torch.float64)
         self._count += residual.numel()
@@ -729,7 +750,9 @@ def _run_epoch(
         if Xb.shape[0] * shard.Z.shape[0] <= shard.max_block:
             block = kernel.block(Xb, shard.Z, x_stats, shard.z_stats)
             pred = block @ shard.theta
-            proj = block[:, basis.positions] @ basis.vectors if lift is not None else None
+            proj = None
+            if lift is not None:
+                proj = shard.subsample_part(block[:, basis.positions], basis)
         else:
             pred, proj = shard.products(Xb, basis if lift is not None else None)
         parts = [pred] + ([proj] if lift is not None else [])
@@ -752,7 +775,7 @@ def _run_epoch(
         if ridge:
             grad.add_(shard.target, alpha=ridge_rate)
         if lift is not None:
-            coeff = summed[1].T @ residual
+            coeff = shard.basis_coordinates(summed[1], basis, residual)
             if ridge:
                 coeff.add_(summed[2], alpha=ridge_rate)
             grad.sub_(lift @ (basis.scales.unsqueeze(1) * coeff))

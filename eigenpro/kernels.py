@@ -380,7 +380,6 @@ def kernel_matmul(
     z_stats: torch.Tensor | None = None,
     max_block_elements: int = 2**24,
     keep_columns: torch.Tensor | slice | None = None,
-    keep_map: torch.Tensor | None = None,
     prepared=None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -407,16 +406,13 @@ def kernel_matmul(
         across batches).
     keep_columns : LongTensor or slice, optional
         Column indices ``J`` (sorted), or a contiguous ``slice(start, stop)`` of them; when
-        given, also return ``K(X, Z[J])`` (or its product with ``keep_map``), taken from the
-        blocks already computed (no second kernel evaluation).
-    keep_map : Tensor of shape (len(J), q), optional
-        Return ``K(X, Z[J]) @ keep_map`` instead of ``K(X, Z[J])``, accumulated tile by tile
-        while each tile is in cache.
+        given, also return ``K(X, Z[J])``, copied from the blocks already computed (no second
+        kernel evaluation).
 
     Returns
     -------
     out : Tensor of shape (m, l)
-    kept : Tensor of shape (m, len(J)) or (m, q)
+    kept : Tensor of shape (m, len(J))
         Only when ``keep_columns`` is given.
     """
     m, p = X.shape[0], Z.shape[0]
@@ -429,8 +425,7 @@ def kernel_matmul(
             n_kept = keep_columns.stop - keep_columns.start
         else:
             n_kept = keep_columns.numel()
-        width = n_kept if keep_map is None else keep_map.shape[1]
-        kept = torch.zeros(m, width, dtype=X.dtype, device=X.device)
+        kept = torch.empty(m, n_kept, dtype=X.dtype, device=X.device)
     # Rows in chunks only when a full-width block of at least 256 rows would not fit.
     min_rows = min(m, 256)
     cols = _column_block_size(min_rows, p, max_block_elements)
@@ -453,14 +448,14 @@ def kernel_matmul(
             block = kernel.prepared_block(Xr, x_stats, chunk, out=buffer)
             out[r0 : r0 + rows].addmm_(block, W[c0:c1])
             if kept is not None:
-                _keep(block, c0, c1, keep_columns, keep_map, kept[r0 : r0 + rows])
+                _keep(block, c0, c1, keep_columns, kept[r0 : r0 + rows])
     if keep_columns is not None:
         return out, kept
     return out
 
 
-def _keep(block, c0, c1, keep_columns, keep_map, kept) -> None:
-    """Add the kept columns of one block (columns ``c0:c1``) to ``kept``."""
+def _keep(block, c0, c1, keep_columns, kept) -> None:
+    """Copy the kept columns of one block (columns ``c0:c1``) into ``kept``."""
     if isinstance(keep_columns, slice):
         lo, hi = max(c0, keep_columns.start), min(c1, keep_columns.stop)
         if hi <= lo:
@@ -474,7 +469,4 @@ def _keep(block, c0, c1, keep_columns, keep_map, kept) -> None:
         if hi <= lo:
             return
         cols = block[:, keep_columns[lo:hi] - c0]
-    if keep_map is None:
-        kept[:, lo:hi] = cols
-    else:
-        kept.addmm_(cols, keep_map[lo:hi])
+    kept[:, lo:hi] = cols

@@ -349,7 +349,7 @@ def _run_epoch(
         rows = order[pos]
         Xb = X[rows]
         if use_correction:
-            pred, projected = kernel_matmul(
+            pred, kmat_subsample = kernel_matmul(
                 kernel,
                 Xb,
                 X,
@@ -357,7 +357,6 @@ def _run_epoch(
                 prepared=prepared,
                 max_block_elements=max_block_elements,
                 keep_columns=keep,
-                keep_map=preconditioner.eigenvectors,
                 workspace=workspace,
             )
         else:
@@ -371,7 +370,7 @@ def _run_epoch(
         total += residual.pow(2).sum(dtype=torch.float64)
         seen += pos.numel()
         if use_correction:
-            correction = preconditioner.correction_from_projection(projected, residual)
+            correction = preconditioner.correction(kmat_subsample, residual)
         coef.index_add_(0, pos, residual, alpha=-rate)
         if use_correction:
             coef[:n_sub].add_(correction, alpha=rate)

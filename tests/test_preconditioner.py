@@ -39,6 +39,10 @@ def test_full_subsample_flattens_top_eigenvalues(problem):
     np.testing.assert_allclose(got[q + 1 : q + 50], lam[q + 1 : q + 50], rtol=1e-6)
     assert pre.tail_eigenvalue == pytest.approx(lam[q], rel=1e-10)
     assert pre.top_eigenvalue == pytest.approx(lam[0], rel=1e-10)
+    # The batch update of that operator: E D E^T K(X_S, X_B) r for a batch of 50 points.
+    r = np.random.default_rng(1).normal(size=(50, 2))
+    got = pre.correction(K[:50], torch.tensor(r)).numpy()
+    np.testing.assert_allclose(got, E @ np.diag(D) @ E.T @ K.numpy()[:, :50] @ r, rtol=1e-9)
 
 
 def test_beta_is_the_largest_preconditioned_diagonal(problem):
