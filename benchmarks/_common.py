@@ -39,6 +39,20 @@ def parser(description: str, *, n_train, epochs: int, multi_n: bool = False):
     return p
 
 
+def _git_commit(directory: Path) -> str | None:
+    """The commit of the eigenpro code that was timed (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(directory), "describe", "--always", "--dirty", "--abbrev=7"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def versions() -> dict:
     import scipy
     import sklearn
@@ -48,6 +62,7 @@ def versions() -> dict:
     return {
         "python": platform.python_version(),
         "eigenpro": eigenpro.__version__,
+        "eigenpro_commit": _git_commit(Path(eigenpro.__file__).parent),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,

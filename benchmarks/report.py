@@ -144,6 +144,9 @@ def throughput_section(data: dict, before: dict | None) -> list[str]:
             prev = old.get(r["n"])
             line += f" {prev['ratio_to_floor']:.3f} |" if prev else " |"
         out.append(line)
+    if before:
+        code = before.get("code") or f"eigenpro {before['versions'].get('eigenpro_commit')}"
+        out += ["", f"Ratio before: {code}; measured on: {_machine(before)}."]
     return out + [""]
 
 

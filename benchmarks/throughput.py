@@ -7,7 +7,7 @@ coefficients; DESIGN.md section 3) and their ratio; the peak resident memory of 
 against the size of the training data.
 
     python benchmarks/throughput.py                        # n = 10000, 30000, 60000
-    python benchmarks/throughput.py --tag before           # keep a baseline beside it
+    python benchmarks/throughput.py --tag before --note "..."  # keep a baseline beside it
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from eigenpro._device import resolve_device, resolve_dtype
 def main():
     p = parser(__doc__.splitlines()[0], n_train=[10000, 30000, 60000], epochs=1, multi_n=True)
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. 'before')")
+    p.add_argument("--note", default=None, help="what code was timed, recorded as 'code'")
     args = p.parse_args()
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     X_all, y_all, _, _ = load_mnist_scaled(args.data_dir, max(args.n_train))
@@ -84,6 +85,8 @@ def main():
         "the n x 10 coefficients; measured in the same process right after each fit",
         "results": rows,
     }
+    if args.note:
+        payload["code"] = args.note
     write_json(args.out / f"{name}.json", payload)
     plot(rows, plot_path(args.out, name))
 
