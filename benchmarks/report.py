@@ -87,7 +87,8 @@ def compare_section(data: dict) -> list[str]:
             if method == "n":
                 continue
             if "skipped" in run:
-                out.append(f"| {row['n']} | {method} | skipped: {run['skipped']} | | | |")
+                name = method.replace("_", " ")
+                out.append(f"| {row['n']} | {name} | skipped: {run['skipped']} | | | |")
                 continue
             if method == "plain_sgd":
                 reach = run["epochs_to_target"]
@@ -129,7 +130,8 @@ def crossover(data: dict) -> str:
 
 def throughput_section(data: dict, before: dict | None) -> list[str]:
     out = ["### One epoch against the physical floor (MNIST, d = 784, float32)", "",
-           f"Measured on: {_machine(data)}. Floor: {data['floor']}.", ""]  # fmt: skip
+           f"Measured on: {_machine(data)}. Epoch: the fastest of "
+           f"{data['settings'].get('epochs', 1)}. Floor: {data['floor']}.", ""]  # fmt: skip
     head = "| n | epoch s | floor s | ratio | peak RSS MiB | data MiB |"
     if before:
         head += " ratio before |"

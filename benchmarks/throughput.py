@@ -1,10 +1,11 @@
 """Epoch time against the physical floor, and peak memory against the data (MNIST, d = 784).
 
 For each n, in one process: the seconds of one EigenPro epoch (automatic settings, MNIST
-training images, Gaussian bandwidth 5), the floor measured right after it (the same-sized
-float matmul for the full n x n kernel block, its exponentials and the product with the
-coefficients; DESIGN.md section 3) and their ratio; the peak resident memory of the fit
-against the size of the training data.
+training images, Gaussian bandwidth 5; the fastest of ``--epochs`` epochs, default 3, as the
+floor is the fastest of its repeats: single epochs on a shared 2-core machine vary by 10%),
+the floor measured right after it (the same-sized float matmul for the full n x n kernel
+block, its exponentials and the product with the coefficients; DESIGN.md section 3) and
+their ratio; the peak resident memory of the fit against the size of the training data.
 
     python benchmarks/throughput.py                        # n = 10000, 30000, 60000
     python benchmarks/throughput.py --tag before --note "..."  # keep a baseline beside it
@@ -32,7 +33,7 @@ from eigenpro._device import resolve_device, resolve_dtype
 
 
 def main():
-    p = parser(__doc__.splitlines()[0], n_train=[10000, 30000, 60000], epochs=1, multi_n=True)
+    p = parser(__doc__.splitlines()[0], n_train=[10000, 30000, 60000], epochs=3, multi_n=True)
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. 'before')")
     p.add_argument("--note", default=None, help="what code was timed, recorded as 'code'")
     args = p.parse_args()
