@@ -13,7 +13,7 @@ Optionally (``--mnist``, or ``--mnist-only``) MNIST with ``--mnist-centers`` cen
 the EigenPro 2 path (all 60000 points as centers): test error by epoch and time, written to
 ``scale_mnist.json``.
 
-Full run (long; not for a 2-core machine)::
+Full run (about 20 minutes on the 2-core benchmark machine)::
 
     python benchmarks/scale.py --n-train 250000 500000 1000000 2000000 --n-centers 20000 --mnist
 

@@ -199,8 +199,8 @@ def fit_eigenpro(
     n, n_out = Y.shape
     device = X.device
     # The solver orders the centers with the subsample first: the preconditioner's columns
-    # K(X_B, X_S) are then a contiguous slice of each kernel block, projected on E tile by
-    # tile while in cache, and its update is a slice of the coefficients (no gathers).
+    # K(X_B, X_S) are then a contiguous slice of each kernel block, copied out tile by tile,
+    # and its update is a slice of the coefficients (no gathers).
     # `coef` lives in that order; `order[j]` is the training row of center j.
     sub_idx = preconditioner.subsample_indices
     order = _subsample_first(sub_idx, n)
@@ -345,6 +345,8 @@ def _run_epoch(
     rate = eta / batch_size
     workspace = torch.empty(min(batch_size * n, max_block_elements), dtype=X.dtype, device=device)
     keep = slice(0, n_sub)
+    # kernel_matmul reads the centers from `prepared` (subsample-first order); X only gives
+    # their number there.
     for i, pos in enumerate(bar):
         rows = order[pos]
         Xb = X[rows]
