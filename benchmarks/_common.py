@@ -296,7 +296,7 @@ def iterate_until(
     m = precond.auto_batch_size(plan.max_batch_size, n) if batch_size == "auto" else batch_size
     eta = precond.step_size(m)
     setup = time.perf_counter() - start
-    stats = kernel.row_stats(X)
+    centers = kernel.prepare(X)
     fit_seconds = [setup]
     clock = {"resume": time.perf_counter()}
     bar = tqdm(desc=f"q={precond.n_components} m={m}", unit="epoch", leave=False)
@@ -307,10 +307,10 @@ def iterate_until(
         fit_seconds.append(fit_seconds[-1] + time.perf_counter() - clock["resume"])
         record = {}
         if metric == "train_mse":
-            pred = predict(kernel, X, X, coef, center_stats=stats)
+            pred = predict(kernel, X, None, coef, prepared=centers)
             record["train_mse"] = float((pred - Y).pow(2).mean())
         if X_test is not None:
-            scores = predict(kernel, X_test, X, coef, center_stats=stats)
+            scores = predict(kernel, X_test, None, coef, prepared=centers)
             labels = scores.argmax(1) if scores.shape[1] > 1 else (scores[:, 0] > 0).long()
             test_errors.append(100 * float((labels.cpu().numpy() != targets).mean()))
         bar.update()

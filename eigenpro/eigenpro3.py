@@ -300,7 +300,7 @@ class _Shard:
         self.device, self.dtype, self.max_block = device, dtype, max_block
         self.centers_host = centers
         self.Z = centers[lo:hi].to(device)
-        self.z_stats = kernel.row_stats(self.Z)
+        self.prepared = kernel.prepare(self.Z)  # once: the fused form of the local centers
         self.theta = torch.zeros(hi - lo, n_outputs, dtype=dtype, device=device)
         self.target = torch.zeros_like(self.theta)  # b
 
@@ -333,12 +333,12 @@ class _Shard:
         """Partial ``K(X, Z_r) theta_r`` and :meth:`subsample_part` (None without a basis)."""
         if basis is None or basis.n_components == 0:
             pred = kernel_matmul(
-                self.kernel, X, self.Z, self.theta, z_stats=self.z_stats,
+                self.kernel, X, None, self.theta, prepared=self.prepared,
                 max_block_elements=self.max_block,
             )  # fmt: skip
             return pred, None
         pred, kept = kernel_matmul(
-            self.kernel, X, self.Z, self.theta, z_stats=self.z_stats,
+            self.kernel, X, None, self.theta, prepared=self.prepared,
             max_block_elements=self.max_block, keep_columns=basis.positions,
         )  # fmt: skip
         return pred, self.subsample_part(kept, basis)
@@ -744,11 +744,11 @@ def _run_epoch(
         idx = np.sort(idx)  # locality for memmaps; a batch gradient is a sum
         Xb = data.take(idx, dtype, device)
         Yb = targets[torch.from_numpy(idx)].to(device)
-        x_stats = kernel.row_stats(Xb)
         # One kernel block serves K(X_B, Z) theta and K(Z, X_B) g when it fits.
         block = None
         if Xb.shape[0] * shard.Z.shape[0] <= shard.max_block:
-            block = kernel.block(Xb, shard.Z, x_stats, shard.z_stats)
+            points = kernel.prepare_points(Xb, shard.prepared)
+            block = kernel.prepared_block(points, shard.prepared)
             pred = block @ shard.theta
             proj = None
             if lift is not None:
@@ -769,9 +769,7 @@ def _run_epoch(
             grad = block.T @ residual
             del block
         else:
-            grad = kernel_matmul(
-                kernel, shard.Z, Xb, residual, z_stats=x_stats, max_block_elements=shard.max_block
-            )
+            grad = kernel_matmul(kernel, shard.Z, Xb, residual, max_block_elements=shard.max_block)
         if ridge:
             grad.add_(shard.target, alpha=ridge_rate)
         if lift is not None:

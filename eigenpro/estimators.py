@@ -256,12 +256,11 @@ class _BaseEigenPro(BaseEstimator):
         callback = None
         if eval_scorers:
             eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
-            center_stats = kernel.row_stats(X_t)
 
             def callback(epoch: int, coef: torch.Tensor, record: dict) -> dict:
                 return _score_eval_sets(
                     eval_tensors,
-                    lambda Xe: predict(kernel, Xe, X_t, coef, center_stats=center_stats,
+                    lambda Xe: predict(kernel, Xe, X_t, coef,
                                        max_block_elements=plan.max_block_elements),
                 )  # fmt: skip
 

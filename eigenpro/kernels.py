@@ -5,8 +5,9 @@ A :class:`Kernel` maps two row sets ``X`` (m x d) and ``Z`` (p x d) to the block
 needed: :func:`kernel_matmul` multiplies ``K(X, Z) @ W`` block by block, and is the single
 place where the package does blocked kernel products.
 
-Radial kernels share one squared-distance computation (clamped at 0 against round-off)
-and apply their profile in place.
+Radial kernels compute every block as one matrix product in bandwidth units about the
+centers' mean (translation invariant, so features far from zero lose no precision) and apply
+their profile in place.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
     "Kernel",
+    "PreparedCenters",
     "RadialKernel",
     "GaussianKernel",
     "LaplacianKernel",
@@ -34,75 +38,105 @@ __all__ = [
 ]
 
 
-def squared_distances(
-    X: torch.Tensor,
-    Z: torch.Tensor,
-    x_sq_norms: torch.Tensor | None = None,
-    z_sq_norms: torch.Tensor | None = None,
-) -> torch.Tensor:
+#: Rows per chunk of the float64 reductions below (bounds their temporaries).
+_REDUCTION_ROWS = 1024
+
+
+def _origin(Z: torch.Tensor) -> torch.Tensor:
+    """The mean of the rows of ``Z`` in float64 (zeros when ``Z`` is empty).
+
+    Any point near the data would do: the shift is applied identically to both sides, so it
+    only needs to remove the common offset, not to be exact.
+    """
+    total = torch.zeros(Z.shape[1], dtype=torch.float64, device=Z.device)
+    for start in range(0, Z.shape[0], _REDUCTION_ROWS):
+        total += Z[start : start + _REDUCTION_ROWS].sum(dim=0, dtype=torch.float64)
+    return total / max(Z.shape[0], 1)
+
+
+def squared_distances(X: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
     """Pairwise squared Euclidean distances ``|x_i - z_j|^2``, clamped at 0.
 
-    Uses ``|x|^2 + |z|^2 - 2 x.z`` (one matrix product); pass precomputed squared row norms
-    to avoid recomputing them for a fixed set of centers.
+    One matrix product, ``|x|^2 + |z|^2 - 2 x.z``, after shifting both sets by the mean of
+    ``Z``: distances do not change, and features far from zero (years, coordinates,
+    timestamps) no longer cancel catastrophically.
     """
-    if x_sq_norms is None:
-        x_sq_norms = X.pow(2).sum(dim=1)
-    if z_sq_norms is None:
-        z_sq_norms = Z.pow(2).sum(dim=1)
-    dist = torch.addmm(z_sq_norms.unsqueeze(0), X, Z.T, alpha=-2.0)
-    dist.add_(x_sq_norms.unsqueeze(1))
+    origin = _origin(Z).to(X.dtype)
+    Xc, Zc = X - origin, Z - origin
+    dist = torch.addmm(_sq_norms(Zc).unsqueeze(0), Xc, Zc.T, alpha=-2.0)
+    dist.add_(_sq_norms(Xc).unsqueeze(1))
     return dist.clamp_(min=0.0)
+
+
+def _sq_norms(X: torch.Tensor) -> torch.Tensor:
+    """Squared row norms accumulated in float64 and rounded once to ``X``'s dtype."""
+    out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+    for start in range(0, X.shape[0], _REDUCTION_ROWS):
+        rows = X[start : start + _REDUCTION_ROWS].to(torch.float64)
+        out[start : start + _REDUCTION_ROWS] = rows.pow(2).sum(dim=1)
+    return out
+
+
+@dataclass(frozen=True)
+class PreparedCenters:
+    """Fixed centers in the form a kernel evaluates blocks against (:meth:`Kernel.prepare`).
+
+    Attributes
+    ----------
+    data : Tensor of shape (p, k)
+        The centers as the kernel wants them (radial kernels: shifted, scaled to bandwidth
+        units and augmented for the one-GEMM distance product; others: the centers).
+    origin : Tensor of shape (d,) or None
+        The float64 point both centers and evaluation points are shifted by (radial kernels).
+    """
+
+    data: torch.Tensor
+    origin: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def rows(self, start: int, stop: int) -> PreparedCenters:
+        """The centers ``start:stop`` (a view, same origin)."""
+        return PreparedCenters(self.data[start:stop], self.origin)
 
 
 class Kernel(ABC):
     """Base class: a positive semi-definite kernel evaluated on torch tensors.
 
-    Subclasses implement :meth:`block` and :meth:`diag`; :meth:`row_stats` may return a
-    per-row statistic (e.g. squared norms) that :meth:`block` reuses, so that fixed centers
-    are preprocessed once.
+    Subclasses implement :meth:`block` and :meth:`diag`. Blocks against fixed centers go
+    through :meth:`prepare` (once per set of centers), :meth:`prepare_points` (once per row
+    block) and :meth:`prepared_block` (once per tile); the defaults simply call :meth:`block`.
     """
 
     name = "kernel"
 
-    def row_stats(self, X: torch.Tensor) -> torch.Tensor | None:
-        """Per-row statistic reused by :meth:`block` (None when the kernel needs none)."""
-        return None
-
     @abstractmethod
-    def block(
-        self,
-        X: torch.Tensor,
-        Z: torch.Tensor,
-        x_stats: torch.Tensor | None = None,
-        z_stats: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def block(self, X: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
         """The kernel block ``K(X, Z)`` of shape (len(X), len(Z))."""
 
     @abstractmethod
     def diag(self, X: torch.Tensor) -> torch.Tensor:
         """The diagonal ``k(x_i, x_i)`` for every row of ``X``."""
 
-    def prepare(self, Z: torch.Tensor, z_stats: torch.Tensor | None = None):
-        """Preprocess fixed centers once for :meth:`prepared_block` (default: keep them with
-        their row statistics)."""
-        return (Z, self.row_stats(Z) if z_stats is None else z_stats)
+    def prepare(self, Z: torch.Tensor) -> PreparedCenters:
+        """Preprocess fixed centers once for :meth:`prepared_block`."""
+        return PreparedCenters(Z)
 
-    def prepared_block(self, X: torch.Tensor, x_stats, prepared, out=None) -> torch.Tensor:
-        """``K(X, Z)`` for centers preprocessed by :meth:`prepare`; kernels that can write
-        into a preallocated ``out`` of shape (len(X), len(Z)) do so."""
-        Z, z_stats = prepared
-        return self.block(X, Z, x_stats, z_stats)
+    def prepare_points(self, X: torch.Tensor, centers: PreparedCenters) -> torch.Tensor:
+        """Preprocess a block of evaluation points for blocks against ``centers``."""
+        return X
 
-    @staticmethod
-    def prepared_rows(prepared, start: int, stop: int):
-        """The part of ``prepared`` that belongs to centers ``start:stop``."""
-        if isinstance(prepared, tuple):
-            Z, stats = prepared
-            return (Z[start:stop], None if stats is None else stats[start:stop])
-        return prepared[start:stop]
+    def prepared_block(
+        self, points: torch.Tensor, centers: PreparedCenters, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``K(X, Z)`` from :meth:`prepare_points` and :meth:`prepare` (or a :meth:`rows` slice
+        of it); kernels that can write into a preallocated ``out`` of shape
+        (len(points), len(centers)) do so."""
+        return self.block(points, centers.data)
 
     def __call__(self, X: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-        return self.block(X, Z, self.row_stats(X), self.row_stats(Z))
+        return self.block(X, Z)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -110,13 +144,20 @@ class Kernel(ABC):
 
 
 class RadialKernel(Kernel):
-    """A kernel ``k(x, z) = phi(|x - z|^2)`` with a positive ``bandwidth``.
+    """A kernel ``k(x, z) = phi(|x - z| / bandwidth)`` with a positive ``bandwidth``.
 
-    Blocks against fixed centers take a fused path (:meth:`prepare`): the centers are
-    augmented once to ``[z, 1, c |z|^2]`` and each row block to ``[-2c x, c |x|^2, 1]``, so a
-    single matrix product yields the scaled squared distances ``c |x - z|^2`` and the profile
-    is applied in place (for the Gaussian kernel: one ``exp_`` pass, nothing else).
+    Every block is one matrix product in **bandwidth units about the centers' mean**: the
+    centers are shifted by their float64 mean ``o`` and divided by the bandwidth once,
+    ``v = (z - o) / h``, and augmented to ``[v, 1, c |v|^2]``; each block of points to
+    ``[-2c u, c |u|^2, 1]`` with ``u = (x - o) / h``; their product is ``c |u - v|^2`` and the
+    profile is applied in place (Gaussian: one ``exp_``). Shifting keeps ``|u|^2 + |v|^2 -
+    2 u.v`` from cancelling when features are large against their spread (distances are
+    translation invariant), and working in bandwidth units keeps every intermediate near 1
+    whatever the features' scale (1e-20 or 1e20 alike).
     """
+
+    #: The factor ``c`` of the fused product ``c |u - v|^2``.
+    distance_scale = 1.0
 
     def __init__(self, bandwidth: float = 1.0):
         bandwidth = float(bandwidth)
@@ -124,36 +165,44 @@ class RadialKernel(Kernel):
             raise ValueError(f"bandwidth must be a positive finite number; got {bandwidth!r}")
         self.bandwidth = bandwidth
 
-    def row_stats(self, X: torch.Tensor) -> torch.Tensor:
-        return X.pow(2).sum(dim=1)
-
     @abstractmethod
-    def profile_(self, sq_dist: torch.Tensor) -> torch.Tensor:
-        """Turn squared distances into kernel values, in place."""
+    def profile_(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Turn ``c |u - v|^2`` (bandwidth units, with round-off of either sign) into kernel
+        values, in place."""
 
-    def distance_scale(self) -> float:
-        """The factor ``c`` with which :meth:`profile_scaled_` receives ``c |x - z|^2``."""
-        return 1.0
+    def _augmented(self, X: torch.Tensor, origin: torch.Tensor, *, centers: bool) -> torch.Tensor:
+        """``[v, 1, c |v|^2]`` (centers) or ``[-2c u, c |u|^2, 1]`` (points), written into
+        one new (len(X), d + 2) tensor with no other copy of ``X``."""
+        n, d = X.shape
+        c = self.distance_scale
+        out = torch.empty(n, d + 2, dtype=X.dtype, device=X.device)
+        units = out[:, :d]
+        torch.sub(X, origin.to(device=X.device, dtype=X.dtype), out=units)
+        units.div_(self.bandwidth)  # u = (x - o) / h
+        sq = _sq_norms(units).mul_(c)
+        if centers:
+            out[:, d] = 1.0
+            out[:, d + 1] = sq
+        else:
+            if c != -0.5:
+                units.mul_(-2.0 * c)
+            out[:, d] = sq
+            out[:, d + 1] = 1.0
+        return out
 
-    def profile_scaled_(self, scaled: torch.Tensor) -> torch.Tensor:
-        """Turn ``c |x - z|^2`` into kernel values, in place (clamping round-off)."""
-        return self.profile_(scaled.clamp_(min=0.0))
+    def prepare(self, Z: torch.Tensor) -> PreparedCenters:
+        origin = _origin(Z)
+        return PreparedCenters(self._augmented(Z, origin, centers=True), origin)
 
-    def block(self, X, Z, x_stats=None, z_stats=None):
-        return self.profile_(squared_distances(X, Z, x_stats, z_stats))
+    def prepare_points(self, X: torch.Tensor, centers: PreparedCenters) -> torch.Tensor:
+        return self._augmented(X, centers.origin, centers=False)
 
-    def prepare(self, Z, z_stats=None):
-        c = self.distance_scale()
-        sq = self.row_stats(Z) if z_stats is None else z_stats
-        return torch.cat([Z, torch.ones_like(sq).unsqueeze(1), (c * sq).unsqueeze(1)], dim=1)
+    def prepared_block(self, points, centers, out=None):
+        return self.profile_(torch.mm(points, centers.data.T, out=out))
 
-    def prepared_block(self, X, x_stats, prepared, out=None):
-        c = self.distance_scale()
-        sq = self.row_stats(X) if x_stats is None else x_stats
-        rows = torch.cat(
-            [X * (-2.0 * c), (c * sq).unsqueeze(1), torch.ones_like(sq).unsqueeze(1)], 1
-        )
-        return self.profile_scaled_(torch.mm(rows, prepared.T, out=out))
+    def block(self, X, Z):
+        centers = self.prepare(Z)
+        return self.prepared_block(self.prepare_points(X, centers), centers)
 
     def diag(self, X):
         return self.profile_(torch.zeros(X.shape[0], dtype=X.dtype, device=X.device))
@@ -163,17 +212,12 @@ class GaussianKernel(RadialKernel):
     """Gaussian (RBF) kernel ``exp(-|x - z|^2 / (2 bandwidth^2))``."""
 
     name = "gaussian"
+    distance_scale = -0.5
 
-    def profile_(self, sq_dist):
-        return sq_dist.mul_(-0.5 / self.bandwidth**2).exp_()
-
-    def distance_scale(self):
-        return -0.5 / self.bandwidth**2
-
-    def profile_scaled_(self, scaled):
-        # ``-|x - z|^2 / (2 bandwidth^2)`` is at most a round-off above 0, where exp is ~1: no
-        # clamp pass is needed for finite, in-range values.
-        return scaled.exp_()
+    def profile_(self, scaled):
+        # The exponent -|u - v|^2 / 2 can come out a round-off above 0: clamped, so that
+        # k <= 1 and no round-off ever reaches exp as a large positive number.
+        return scaled.clamp_(max=0.0).exp_()
 
 
 class LaplacianKernel(RadialKernel):
@@ -181,13 +225,7 @@ class LaplacianKernel(RadialKernel):
 
     name = "laplacian"
 
-    def profile_(self, sq_dist):
-        return sq_dist.sqrt_().mul_(-1.0 / self.bandwidth).exp_()
-
-    def distance_scale(self):
-        return 1.0 / self.bandwidth**2
-
-    def profile_scaled_(self, scaled):
+    def profile_(self, scaled):
         return scaled.clamp_(min=0.0).sqrt_().neg_().exp_()
 
 
@@ -196,13 +234,7 @@ class CauchyKernel(RadialKernel):
 
     name = "cauchy"
 
-    def profile_(self, sq_dist):
-        return sq_dist.mul_(1.0 / self.bandwidth**2).add_(1.0).reciprocal_()
-
-    def distance_scale(self):
-        return 1.0 / self.bandwidth**2
-
-    def profile_scaled_(self, scaled):
+    def profile_(self, scaled):
         return scaled.clamp_(min=0.0).add_(1.0).reciprocal_()
 
 
@@ -221,9 +253,8 @@ class MaternKernel(RadialKernel):
             raise ValueError(f"Matern kernel supports nu in (0.5, 1.5, 2.5); got nu={nu!r}")
         self.nu = float(nu)
 
-    def profile_(self, sq_dist):
-        scale = math.sqrt(2.0 * self.nu) / self.bandwidth
-        r = sq_dist.sqrt_().mul_(scale)  # scaled distance, in place
+    def profile_(self, scaled):
+        r = scaled.clamp_(min=0.0).sqrt_().mul_(math.sqrt(2.0 * self.nu))  # in place
         if self.nu == 0.5:
             return r.neg_().exp_()
         decay = torch.exp(-r)
@@ -253,7 +284,7 @@ class PolynomialKernel(Kernel):
     def _gamma(self, d: int) -> float:
         return 1.0 / d if self.gamma is None else float(self.gamma)
 
-    def block(self, X, Z, x_stats=None, z_stats=None):
+    def block(self, X, Z):
         gram = X @ Z.T
         return gram.mul_(self._gamma(X.shape[1])).add_(self.coef0).pow_(self.degree)
 
@@ -266,7 +297,7 @@ class LinearKernel(Kernel):
 
     name = "linear"
 
-    def block(self, X, Z, x_stats=None, z_stats=None):
+    def block(self, X, Z):
         return X @ Z.T
 
     def diag(self, X):
@@ -278,7 +309,7 @@ class CallableKernel(Kernel):
 
     The function receives torch tensors on the fitting device and should return a torch
     tensor (array-likes are converted). It must be symmetric positive semi-definite for
-    EigenPro to converge.
+    EigenPro to converge; its output is checked for shape and finite values.
     """
 
     name = "callable"
@@ -289,16 +320,29 @@ class CallableKernel(Kernel):
         self.fn = fn
         self.params = params
 
-    def block(self, X, Z, x_stats=None, z_stats=None):
+    def _describe(self) -> str:
+        return f"the kernel callable {getattr(self.fn, '__name__', repr(self.fn))}"
+
+    def block(self, X, Z):
         out = self.fn(X, Z, **self.params)
         if not isinstance(out, torch.Tensor):
-            out = torch.as_tensor(out)
-        out = out.to(device=X.device, dtype=X.dtype)
+            try:
+                out = torch.as_tensor(np.asarray(out, dtype=np.float64))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"{self._describe()} returned {type(out).__name__}; it must return a "
+                    f"({X.shape[0]}, {Z.shape[0]}) matrix (a torch tensor or an array) ({exc})"
+                ) from None
         if out.shape != (X.shape[0], Z.shape[0]):
             raise ValueError(
-                f"the kernel callable returned shape {tuple(out.shape)} for inputs with "
+                f"{self._describe()} returned shape {tuple(out.shape)} for inputs with "
                 f"{X.shape[0]} and {Z.shape[0]} rows; expected ({X.shape[0]}, {Z.shape[0]})"
             )
+        if out.is_complex() or out.dtype == torch.bool:
+            raise TypeError(f"{self._describe()} returned a {out.dtype} matrix; it must be real")
+        out = out.to(device=X.device, dtype=X.dtype)
+        if not torch.isfinite(out).all():
+            raise ValueError(f"{self._describe()} returned NaN or infinite values")
         return out
 
     def diag(self, X):
@@ -365,23 +409,39 @@ def get_kernel(kernel: str | Callable | Kernel, bandwidth: float | None = None, 
 CPU_TILE_ELEMENTS = 2**21
 #: ... but never narrower than this many columns (GEMM efficiency).
 MIN_TILE_COLUMNS = 512
+#: Row count for which row-invariant products (:func:`kernel_matmul` with
+#: ``row_invariant=True``) size their column tiles, whatever the number of rows.
+INVARIANT_TILE_ROWS = 1024
+#: Row-invariant products on the CPU never multiply fewer rows than this at once: BLAS
+#: takes other code paths (other summation orders) for a handful of rows.
+MIN_GEMM_ROWS = 16
 
 
-def _column_block_size(n_rows: int, n_cols: int, max_elements: int) -> int:
-    return max(1, min(n_cols, max_elements // max(n_rows, 1)))
+def _tile_shape(
+    m: int, p: int, max_block_elements: int, device: torch.device, sized_for: int
+) -> tuple[int, int]:
+    """(rows per chunk, columns per tile) of a blocked ``K(X, Z) @ W`` with m x p entries,
+    the column tiles sized as if the call had ``sized_for`` rows."""
+    # Rows in chunks only when a full-width block of at least 256 rows would not fit.
+    base = max(1, min(sized_for, 256))
+    cols = max(1, min(p, max_block_elements // base))
+    rows = max(base, max_block_elements // cols) if cols == p else base
+    if device.type == "cpu":
+        cols = min(cols, max(MIN_TILE_COLUMNS, CPU_TILE_ELEMENTS // min(rows, sized_for)))
+    return max(1, min(rows, m)), max(1, cols)
 
 
 def kernel_matmul(
     kernel: Kernel,
     X: torch.Tensor,
-    Z: torch.Tensor,
+    Z: torch.Tensor | None,
     W: torch.Tensor,
     *,
-    z_stats: torch.Tensor | None = None,
     max_block_elements: int = 2**24,
     keep_columns: torch.Tensor | slice | None = None,
-    prepared=None,
+    prepared: PreparedCenters | None = None,
     workspace: torch.Tensor | None = None,
+    row_invariant: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Compute ``K(X, Z) @ W`` without holding more than one kernel block in memory.
 
@@ -389,25 +449,27 @@ def kernel_matmul(
     ----------
     kernel : Kernel
     X : Tensor of shape (m, d)
-    Z : Tensor of shape (p, d)
-        Centers.
+    Z : Tensor of shape (p, d) or None
+        Centers (None when ``prepared`` is given).
     W : Tensor of shape (p, l)
         Coefficients.
-    z_stats : Tensor, optional
-        ``kernel.row_stats(Z)``, precomputed once for fixed centers.
     max_block_elements : int
         Largest kernel block (rows x columns) materialised at once. On the CPU blocks are
         further cut into column tiles of about :data:`CPU_TILE_ELEMENTS`.
-    prepared : optional
-        ``kernel.prepare(Z, z_stats)``, computed once for fixed centers (radial kernels:
-        the augmented centers of the fused distance product); overrides ``z_stats``.
-    workspace : Tensor, optional
-        A flat buffer reused for the kernel blocks when large enough (the solver keeps one
-        across batches).
     keep_columns : LongTensor or slice, optional
         Column indices ``J`` (sorted), or a contiguous ``slice(start, stop)`` of them; when
         given, also return ``K(X, Z[J])``, copied from the blocks already computed (no second
         kernel evaluation).
+    prepared : PreparedCenters, optional
+        ``kernel.prepare(Z)``, computed once for fixed centers.
+    workspace : Tensor, optional
+        A flat buffer reused for the kernel blocks when large enough (the solver keeps one
+        across batches).
+    row_invariant : bool, default=False
+        Make every row of the result independent of the other rows of ``X``: the tiling does
+        not depend on ``m`` and, on the CPU, no product has fewer than
+        :data:`MIN_GEMM_ROWS` rows (short chunks are padded). Predictions use it, so that a
+        row predicted alone equals the same row predicted in a batch, bit for bit.
 
     Returns
     -------
@@ -415,9 +477,10 @@ def kernel_matmul(
     kept : Tensor of shape (m, len(J))
         Only when ``keep_columns`` is given.
     """
-    m, p = X.shape[0], Z.shape[0]
+    m = X.shape[0]
     if prepared is None:
-        prepared = kernel.prepare(Z, z_stats)
+        prepared = kernel.prepare(Z)
+    p = len(prepared)
     out = torch.zeros(m, W.shape[1], dtype=W.dtype, device=W.device)
     kept = None
     if keep_columns is not None:
@@ -426,13 +489,10 @@ def kernel_matmul(
         else:
             n_kept = keep_columns.numel()
         kept = torch.empty(m, n_kept, dtype=X.dtype, device=X.device)
-    # Rows in chunks only when a full-width block of at least 256 rows would not fit.
-    min_rows = min(m, 256)
-    cols = _column_block_size(min_rows, p, max_block_elements)
-    rows = max(min_rows, max_block_elements // max(cols, 1)) if cols == p else min_rows
-    rows = min(rows, m) if m else 1
-    if X.device.type == "cpu":
-        cols = min(cols, max(MIN_TILE_COLUMNS, CPU_TILE_ELEMENTS // rows))
+    sized_for = INVARIANT_TILE_ROWS if row_invariant else m
+    rows, cols = _tile_shape(m, p, max_block_elements, X.device, sized_for)
+    min_rows = MIN_GEMM_ROWS if row_invariant and X.device.type == "cpu" else 1
+    rows = max(rows, min_rows)
     # One buffer for every block (and, passed in, for every call): fresh memory for each block
     # would be page-faulted and zeroed by the OS, a cost comparable to the exponentials.
     needed = rows * min(cols, p)
@@ -440,15 +500,21 @@ def kernel_matmul(
         workspace = torch.empty(needed, dtype=X.dtype, device=X.device)
     for r0 in range(0, m, rows):
         Xr = X[r0 : r0 + rows]
-        x_stats = kernel.row_stats(Xr)
+        n_real = Xr.shape[0]
+        acc = out[r0 : r0 + n_real]
+        if n_real < min_rows:  # pad with copies of a real row; their results are dropped
+            Xr = torch.cat([Xr, Xr[:1].expand(min_rows - n_real, -1)])
+            acc = torch.zeros(min_rows, W.shape[1], dtype=W.dtype, device=W.device)
+        points = kernel.prepare_points(Xr, prepared)
         for c0 in range(0, p, cols):
             c1 = min(p, c0 + cols)
             buffer = workspace[: Xr.shape[0] * (c1 - c0)].view(Xr.shape[0], c1 - c0)
-            chunk = kernel.prepared_rows(prepared, c0, c1)
-            block = kernel.prepared_block(Xr, x_stats, chunk, out=buffer)
-            out[r0 : r0 + rows].addmm_(block, W[c0:c1])
+            block = kernel.prepared_block(points, prepared.rows(c0, c1), out=buffer)
+            acc.addmm_(block, W[c0:c1])
             if kept is not None:
-                _keep(block, c0, c1, keep_columns, kept[r0 : r0 + rows])
+                _keep(block[:n_real], c0, c1, keep_columns, kept[r0 : r0 + n_real])
+        if n_real < Xr.shape[0]:
+            out[r0 : r0 + n_real] = acc[:n_real]
     if keep_columns is not None:
         return out, kept
     return out

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .kernels import Kernel, kernel_matmul
+from .kernels import Kernel, PreparedCenters, kernel_matmul
 from .preconditioner import EigenProPreconditioner
 
 __all__ = ["DivergenceError", "FitResult", "MemoryPlan", "fit_eigenpro", "memory_plan", "predict"]
@@ -123,17 +123,20 @@ def memory_plan(
 def predict(
     kernel: Kernel,
     X: torch.Tensor,
-    centers: torch.Tensor,
+    centers: torch.Tensor | None,
     coef: torch.Tensor,
     *,
-    center_stats: torch.Tensor | None = None,
     max_block_elements: int = 2**24,
-    prepared=None,
+    prepared: PreparedCenters | None = None,
 ) -> torch.Tensor:
-    """``K(X, centers) @ coef``, blockwise (``prepared``: ``kernel.prepare(centers)``)."""
+    """``K(X, centers) @ coef``, blockwise (``prepared``: ``kernel.prepare(centers)``).
+
+    Each row's prediction is independent of the other rows of ``X`` (bit for bit on the CPU),
+    so serving one row at a time gives what a batch gives.
+    """
     return kernel_matmul(
-        kernel, X, centers, coef, z_stats=center_stats, max_block_elements=max_block_elements,
-        prepared=prepared,
+        kernel, X, centers, coef, max_block_elements=max_block_elements, prepared=prepared,
+        row_invariant=True,
     )  # fmt: skip
 
 
@@ -264,7 +267,7 @@ def fit_eigenpro(
         if validation is not None:
             X_val, score_fn = validation
             pred = predict(
-                kernel, X_val, X, coef, max_block_elements=max_block_elements, prepared=prepared
+                kernel, X_val, None, coef, max_block_elements=max_block_elements, prepared=prepared
             )
             score = float(score_fn(pred))
             record["val_score"] = score
@@ -345,8 +348,7 @@ def _run_epoch(
     rate = eta / batch_size
     workspace = torch.empty(min(batch_size * n, max_block_elements), dtype=X.dtype, device=device)
     keep = slice(0, n_sub)
-    # kernel_matmul reads the centers from `prepared` (subsample-first order); X only gives
-    # their number there.
+    # kernel_matmul reads the centers from `prepared` (subsample-first order).
     for i, pos in enumerate(bar):
         rows = order[pos]
         Xb = X[rows]
@@ -354,7 +356,7 @@ def _run_epoch(
             pred, kmat_subsample = kernel_matmul(
                 kernel,
                 Xb,
-                X,
+                None,
                 coef,
                 prepared=prepared,
                 max_block_elements=max_block_elements,
@@ -363,7 +365,7 @@ def _run_epoch(
             )
         else:
             pred = kernel_matmul(
-                kernel, Xb, X, coef, prepared=prepared, max_block_elements=max_block_elements,
+                kernel, Xb, None, coef, prepared=prepared, max_block_elements=max_block_elements,
                 workspace=workspace,
             )  # fmt: skip
         residual = pred.sub_(Y[rows])

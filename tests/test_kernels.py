@@ -93,12 +93,16 @@ def test_diag_matches_full_matrix(data, kernel):
     np.testing.assert_allclose(kernel.diag(X).numpy(), kernel(X, X).diagonal().numpy(), atol=1e-10)
 
 
-def test_squared_distances_clamped_at_zero():
-    # Large, nearly identical rows: |x|^2 + |z|^2 - 2 x.z cancels catastrophically in float32.
+def test_squared_distances_clamped_at_zero_and_exact_far_from_zero():
+    # Large, nearly identical rows: |x|^2 + |z|^2 - 2 x.z of the raw features would cancel
+    # catastrophically in float32; about the mean of Z they do not.
     x = torch.full((1, 500), 1000.0)
-    X = torch.cat([x, x + 1e-4, x])
+    X = torch.cat([x, x + 1 / 64, x])  # 1/64 is exact in float32 at 1000
     sq = squared_distances(X, X)
     assert (sq >= 0).all()
+    expected = 500 / 64**2
+    torch.testing.assert_close(sq[0, 1], torch.tensor(expected), rtol=1e-5, atol=0)
+    assert float(sq[0, 2]) == 0.0
     lap = LaplacianKernel(1.0)(X, X)
     assert torch.isfinite(lap).all() and (lap <= 1).all()
 
@@ -155,9 +159,9 @@ class RecordingKernel(GaussianKernel):
         super().__init__(bandwidth)
         self.shapes = []
 
-    def prepared_block(self, X, x_stats, prepared, out=None):
-        self.shapes.append((X.shape[0], prepared.shape[0]))
-        return super().prepared_block(X, x_stats, prepared, out)
+    def prepared_block(self, points, centers, out=None):
+        self.shapes.append((points.shape[0], len(centers)))
+        return super().prepared_block(points, centers, out)
 
 
 @pytest.mark.parametrize("max_block", [2**16, 3000, 10**9])
@@ -197,17 +201,68 @@ def test_kernel_matmul_keeps_columns_cut_by_cpu_tiles(monkeypatch, keep):
     assert max(c for _, c in kernel.shapes) == 64  # 500 columns in tiles of 64
 
 
-@pytest.mark.parametrize(
-    "kernel",
-    [GaussianKernel(1.3), LaplacianKernel(2.0), CauchyKernel(0.7), MaternKernel(1.1, nu=2.5)],
-    ids=lambda k: k.name,
-)
-def test_fused_block_for_fixed_centers_matches_the_plain_block(data, kernel):
-    """The one-GEMM path (augmented centers) gives the same values as distances + profile."""
+RADIAL = [GaussianKernel(1.3), LaplacianKernel(2.0), CauchyKernel(0.7), MaternKernel(1.1, nu=2.5)]
+
+
+@pytest.mark.parametrize("kernel", RADIAL, ids=lambda k: k.name)
+def test_prepared_centers_and_their_slices_give_the_direct_block(data, kernel):
+    """Blocks against prepared centers (and row slices of them, as tiles use) are the block."""
     X, Z = torch.tensor(data[0]), torch.tensor(data[1])
-    fused = kernel.prepared_block(X, None, kernel.prepare(Z))
-    torch.testing.assert_close(fused, kernel(X, Z), rtol=1e-10, atol=1e-12)
-    # At zero distance the round-off of |x|^2 + |z|^2 - 2 x.z (~1e-15 here) passes through
+    centers = kernel.prepare(Z)
+    points = kernel.prepare_points(X, centers)
+    direct = kernel(X, Z)
+    torch.testing.assert_close(kernel.prepared_block(points, centers), direct, rtol=0, atol=0)
+    tile = kernel.prepared_block(points, centers.rows(5, 17))
+    torch.testing.assert_close(tile, direct[:, 5:17], rtol=1e-12, atol=1e-14)
+    # At zero distance the round-off of |u|^2 + |v|^2 - 2 u.v (~1e-15 here) passes through
     # a square root for the Laplacian and Matern kernels: about 1e-7 on the diagonal.
-    same = kernel.prepared_block(Z, None, kernel.prepare(Z)).diagonal()
-    torch.testing.assert_close(same, kernel.diag(Z), rtol=0, atol=1e-6)
+    torch.testing.assert_close(kernel(Z, Z).diagonal(), kernel.diag(Z), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", RADIAL, ids=lambda k: k.name)
+@pytest.mark.parametrize("offset", [1e3, 1e4, 1e5])
+def test_radial_blocks_are_translation_invariant_in_float32(kernel, offset):
+    """Features far from zero: float32 blocks of shifted data equal the float64 reference of
+    the unshifted data (|x|^2 + |z|^2 - 2 x.z of the raw features would cancel to noise)."""
+    rng = np.random.default_rng(4)
+    X, Z = rng.normal(size=(50, 4)), rng.normal(size=(60, 4))
+    reference = kernel(torch.tensor(X), torch.tensor(Z))
+    shifted = kernel(torch.tensor(X + offset, dtype=torch.float32),
+                     torch.tensor(Z + offset, dtype=torch.float32))  # fmt: skip
+    # The float32 inputs themselves are rounded: offset * 2^-24 per coordinate.
+    tol = 1e-5 + 4 * offset * 2.0**-24 / kernel.bandwidth
+    torch.testing.assert_close(shifted.double(), reference, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("kernel", RADIAL, ids=lambda k: k.name)
+@pytest.mark.parametrize("scale", [1e-20, 1e20])
+def test_radial_blocks_work_in_bandwidth_units_at_any_scale(kernel, scale):
+    """Features and bandwidth scaled together give the same block in float32: nothing over-
+    or underflows (squared norms of 1e20-sized features would overflow float32)."""
+    rng = np.random.default_rng(5)
+    X, Z = rng.normal(size=(30, 3)), rng.normal(size=(20, 3))
+    reference = kernel(torch.tensor(X), torch.tensor(Z))
+    scaled = type(kernel)(**{**vars(kernel), "bandwidth": kernel.bandwidth * scale})
+    got = scaled(torch.tensor(X * scale, dtype=torch.float32),
+                 torch.tensor(Z * scale, dtype=torch.float32))  # fmt: skip
+    torch.testing.assert_close(got.double(), reference, rtol=0, atol=1e-5)
+
+
+def test_gaussian_self_similarity_is_one_far_from_zero():
+    """k(x, x) = 1 to float32 precision at offsets where the raw GEMM gave 1.28 or 0."""
+    rng = np.random.default_rng(6)
+    for offset in [0.0, 1e3, 1e5]:
+        X = torch.tensor(rng.normal(size=(200, 8)) + offset, dtype=torch.float32)
+        values = GaussianKernel(2.0)(X, X).diagonal()
+        assert float(values.max()) <= 1.0
+        assert float(values.min()) >= 1.0 - 1e-5
+
+
+def test_tiny_bandwidth_gives_zeros_off_the_diagonal_never_nan():
+    """Points a million bandwidths apart: no NaN or inf from round-off reaching exp."""
+    X = torch.tensor(np.random.default_rng(7).normal(size=(40, 3)), dtype=torch.float32)
+    for kernel in [GaussianKernel(1e-6), LaplacianKernel(1e-6), CauchyKernel(1e-6)]:
+        block = kernel(X, X)
+        assert torch.isfinite(block).all() and (block >= 0).all() and (block <= 1).all()
+        off = block - torch.diag(block.diagonal())
+        assert float(off.abs().max()) < 1e-6
