@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -60,10 +59,10 @@ from .preconditioner import (
 )
 from .solver import (
     CPU_MAX_BATCH,
-    DIVERGENCE_FACTOR,
-    MAX_RETRIES,
-    NOISE_FLOOR,
-    DivergenceError,
+    DivergenceGuard,
+    ValidationTracker,
+    check_step_size,
+    final_check_rows,
     running_loss_ok,
 )
 from .streaming import HostData
@@ -421,6 +420,8 @@ class _CholeskyProjector:
     def __init__(self, shard: _Shard):
         self.shard = shard
         kmat = shard.kernel(shard.Z, shard.Z)
+        if not torch.isfinite(kmat).all():
+            raise ValueError("the kernel matrix of the centers contains NaN or infinite values")
         scale = float(kmat.diagonal().abs().max()) or 1.0
         jitter = CHOLESKY_JITTER[shard.dtype] * scale
         for _ in range(8):
@@ -530,6 +531,7 @@ def fit_eigenpro3(
     n_iter_no_change: int | None = None,
     callback: Callable[[int, Callable[[torch.Tensor], torch.Tensor]], dict | None] | None = None,
     verbose: int = 0,
+    no_exact_fit: str | None = None,
 ) -> EigenPro3Result:
     """Fit ``f = sum_j theta_j k(z_j, .)`` on general centers with EigenPro 3.
 
@@ -572,6 +574,8 @@ def fit_eigenpro3(
         a returned dict is merged into the epoch's history record.
     verbose : int
         1: a progress bar per epoch.
+    no_exact_fit : str, optional
+        Why the problem has no exact fit (see :class:`~eigenpro.solver.DivergenceGuard`).
 
     Returns
     -------
@@ -614,7 +618,7 @@ def fit_eigenpro3(
         # A tracked (lagging) projection is stable for half the step an exact one allows.
         eta = outer_pc.step_size(m) * (1.0 if method == "cholesky" else TRACKING_SAFETY)
     else:
-        eta = float(step_size)
+        eta = check_step_size(step_size, m, dtype)
     # K(Z_r, X_S) E maps the preconditioner's q-vector to values at the local centers.
     lift = None
     if outer_pc.n_components:
@@ -643,79 +647,79 @@ def fit_eigenpro3(
         projector = _EigenProProjector(shard, inner_pc, inner_basis, m_z, eta_z, int(n_steps), rng)
 
     zero_loss = max(_mean_square(targets), 1e-30)
-    reference = zero_loss
     result = EigenPro3Result(
         coef=torch.empty(0), batch_size=m, preconditioner=outer_pc,
         inner_preconditioner=inner_pc, inner_method=method,
     )  # fmt: skip
     if method == "eigenpro":
         result.inner_batch_size, result.inner_steps = projector.batch_size, projector.n_steps
-    best_score, best_theta, stale = -math.inf, None, 0
-    good = (shard.theta.clone(), shard.target.clone(), reference)
     sync_every = 1 if device.type == "cpu" else 32
+    check_rows = final_check_rows(n)
+    X_check = data.take(check_rows, dtype, device)
+    Y_check = targets[torch.from_numpy(check_rows)].to(device)
+    check_zero_loss = max(_mean_square(Y_check), 1e-30)
 
-    for epoch in range(1, n_epochs + 1):
-        for attempt in range(MAX_RETRIES + 1):
-            start = time.perf_counter()
-            snapshot = (shard.theta.clone(), shard.target.clone())
-            loss_limit = DIVERGENCE_FACTOR * max(reference, NOISE_FLOOR * zero_loss)
-            loss, ok = _run_epoch(
-                shard, data, targets, basis, lift, projector, m, eta, ridge, rng, loss_limit,
-                sync_every, epoch, n_epochs, verbose,
-            )  # fmt: skip
-            inner_loss = projector.take_loss()
-            if ok:
-                break
-            if attempt == MAX_RETRIES:
-                raise DivergenceError(
-                    f"EigenPro 3 diverged in epoch {epoch} even with the step sizes reduced "
-                    f"{MAX_RETRIES} times (to {eta:.3g}). Try a smaller step_size or "
-                    "batch_size, or scale the data."
-                )
-            warnings.warn(
-                f"EigenPro 3 diverged in epoch {epoch} (loss {loss:.3g}); rolling back to the last "
-                f"improving epoch and retrying with the step sizes halved (to {eta / 2:.3g}).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            shard.theta.copy_(good[0])
-            shard.target.copy_(good[1])
-            reference = good[2]
-            eta /= 2
-            projector.step_size /= 2
-        if loss <= reference:
-            good = (snapshot[0], snapshot[1], reference)
-        reference = loss
+    def training_loss(theta: torch.Tensor) -> float:
+        saved = shard.theta.clone()
+        shard.theta.copy_(theta)
+        residual = shard.predict(X_check).sub_(Y_check)
+        shard.theta.copy_(saved)
+        return float(residual.pow(2).sum(dtype=torch.float64)) / residual.numel()
+
+    guard = DivergenceGuard([shard.theta, shard.target], zero_loss, no_exact_fit)
+    tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
+    epoch = 1
+    while epoch <= n_epochs:
+        guard.start_epoch()
+        start = time.perf_counter()
+        loss, finished = _run_epoch(
+            shard, data, targets, basis, lift, projector, m, eta, ridge, rng, guard.loss_limit,
+            sync_every, epoch, n_epochs, verbose,
+        )  # fmt: skip
+        inner_loss = projector.take_loss()
+        seconds = time.perf_counter() - start
+        problem = guard.problem(loss, finished)
         record = {
             "epoch": epoch,
             "train_loss": loss,
             "inner_loss": inner_loss,
             "val_score": None,
-            "seconds": time.perf_counter() - start,
+            "seconds": seconds,
             "step_size": eta,
         }
         stop = False
-        if validation is not None:
+        if problem is None and tracker is not None:
             X_val, score_fn = validation
-            score = float(score_fn(shard.predict(X_val)))
-            record["val_score"] = score
-            if score > best_score:
-                best_score, best_theta, stale = score, shard.theta.clone(), 0
-                result.best_epoch = epoch
-            else:
-                stale += 1
-                stop = n_iter_no_change is not None and stale >= n_iter_no_change
-        else:
-            result.best_epoch = epoch
+            record["val_score"] = float(score_fn(shard.predict(X_val)))
+            stop = tracker.update(epoch, record["val_score"], shard.theta)
+        if problem is None and (stop or epoch == n_epochs):
+            theta = shard.theta if tracker is None or tracker.best_coef is None else (
+                tracker.best_coef
+            )  # fmt: skip
+            problem = guard.final_problem(training_loss(theta), check_zero_loss, loss)
+        if problem is not None:
+            resume = guard.roll_back(problem, eta, epoch)
+            eta /= 2
+            projector.step_size /= 2
+            guard.warn(problem, resume, eta)
+            del result.history[resume - 1 :]
+            if tracker is not None:
+                tracker.forget_from(resume)
+            epoch = resume
+            continue
+        guard.accept(epoch, loss)
         if callback is not None:
             record.update(callback(epoch, shard.predict) or {})
         result.history.append(record)
         result.n_epochs = epoch
         if stop:
             break
+        epoch += 1
 
-    if best_theta is not None:
-        shard.theta.copy_(best_theta)
+    result.best_epoch = result.n_epochs
+    if tracker is not None and tracker.best_coef is not None:
+        shard.theta.copy_(tracker.best_coef)
+        result.best_epoch = tracker.best_epoch
     result.coef = shard.gather_coef()
     result.step_size, result.inner_step_size = eta, projector.step_size
     return result

@@ -157,6 +157,28 @@ def nystrom_eigensystem(
         Seed of the randomized solver.
     """
     X64 = X_subsample.to(torch.float64)
-    kmat = kernel(X64, X64)  # the symmetric solvers read one triangle only
+    kmat = kernel(X64, X64)
+    _check_symmetric(kmat)  # the symmetric solvers would silently read one triangle only
     kmat /= X64.shape[0]
     return top_eigensystem(kmat, n_eigen, method=method, seed=seed)
+
+
+#: Largest ``|K - K^T|`` relative to ``max |K|`` accepted as round-off.
+SYMMETRY_TOLERANCE = 1e-6
+
+
+def _check_symmetric(kmat: torch.Tensor, chunk: int = 512) -> None:
+    """Raise ``ValueError`` when a kernel matrix is not symmetric (checked in row chunks)."""
+    if not torch.isfinite(kmat).all():
+        raise ValueError("the kernel matrix of the subsample contains NaN or infinite values")
+    scale = max(float(kmat.amax()), -float(kmat.amin())) if kmat.numel() else 0.0
+    worst = 0.0
+    for start in range(0, kmat.shape[0], chunk):
+        rows = kmat[start : start + chunk]
+        worst = max(worst, float((rows - kmat[:, start : start + chunk].T).abs().max()))
+    if worst > SYMMETRY_TOLERANCE * scale:
+        raise ValueError(
+            f"the kernel is not symmetric: k(x, z) and k(z, x) differ by up to {worst:.3g} "
+            f"(largest value {scale:.3g}) on the training subsample. EigenPro needs a "
+            "symmetric positive semi-definite kernel."
+        )

@@ -8,9 +8,12 @@ so a fitted model pickles without its device and predicts on any machine.
 from __future__ import annotations
 
 import time
+import warnings
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scipy.spatial.distance import pdist
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -30,17 +33,35 @@ from sklearn.utils.validation import (
 )
 
 from ._device import resolve_device, resolve_dtype, resolve_memory_budget
+from .diagnostics import diagnose, repeated_rows_with_other_targets
 from .distributed import get_communicator
 from .eigenpro3 import INNER_KEYS, fit_eigenpro3
 from .kernels import KERNELS, Kernel, RadialKernel, get_kernel
-from .preconditioner import build_preconditioner, default_subsample_size
-from .solver import DivergenceError, fit_eigenpro, memory_plan, predict
+from .preconditioner import (
+    build_preconditioner,
+    default_max_components,
+    default_subsample_size,
+    setup_bytes,
+)
+from .solver import (
+    DivergenceError,
+    budget_for_batch,
+    fit_eigenpro,
+    memory_plan,
+    predict,
+    subsample_size_for_budget,
+)
 from .streaming import HostData, is_streamable
 
 __all__ = ["EigenProRegressor", "EigenProClassifier", "auto_bandwidth"]
 
 #: Rows used by the ``bandwidth="auto"`` median heuristic.
 BANDWIDTH_SAMPLE = 1000
+#: Rows on which the data are checked against the kernel (:func:`eigenpro.diagnostics.diagnose`).
+DIAGNOSIS_SAMPLE = 10000
+#: A memory budget that limits batches to less than 1 / this of the batch the data and device
+#: would use gets a warning.
+BUDGET_WARNING_FACTOR = 4
 
 
 def auto_bandwidth(X: np.ndarray, random_state=None) -> float:
@@ -58,6 +79,35 @@ def auto_bandwidth(X: np.ndarray, random_state=None) -> float:
         return 1.0
     median = float(np.median(pdist(np.asarray(X, dtype=np.float64))))
     return 0.5 * median if median > 0 else 1.0
+
+
+@contextmanager
+def _atomic_fit(estimator: BaseEstimator):
+    """A fit replaces the fitted state as one step: the previous fit's attributes are set
+    aside when it starts (so none survives beside the new ones, whatever path set them) and
+    put back if it fails or is interrupted (``KeyboardInterrupt`` included), leaving the
+    estimator exactly as it was."""
+    previous = {k: v for k, v in vars(estimator).items() if _is_fitted_attribute(k)}
+    for name in previous:
+        delattr(estimator, name)
+    try:
+        yield
+    except BaseException:
+        for name in [k for k in vars(estimator) if _is_fitted_attribute(k)]:
+            delattr(estimator, name)
+        vars(estimator).update(previous)
+        raise
+
+
+def _is_fitted_attribute(name: str) -> bool:
+    return name.endswith("_") and not name.startswith("_")
+
+
+def _sample_rows(X: np.ndarray, seed: int) -> np.ndarray:
+    """At most :data:`DIAGNOSIS_SAMPLE` rows of ``X``, in float64."""
+    if X.shape[0] > DIAGNOSIS_SAMPLE:
+        X = X[np.sort(np.random.default_rng(seed).choice(X.shape[0], DIAGNOSIS_SAMPLE, False))]
+    return np.asarray(X, dtype=np.float64)
 
 
 def _to_numpy(data):
@@ -166,6 +216,10 @@ class _BaseEigenPro(BaseEstimator):
         With ``n_centers`` set, numpy arrays, memmaps and CPU tensors are not copied: only
         their shape and type are checked here, and the values batch by batch while fitting.
         """
+        if sp.issparse(y):
+            raise TypeError(
+                "y is a scipy.sparse matrix; EigenPro needs dense targets: pass y.toarray()"
+            )
         if self.n_centers is None or not is_streamable(X):
             X, y = validate_data(
                 self, _to_numpy(X), _to_numpy(y), dtype=[np.float64, np.float32],
@@ -211,20 +265,17 @@ class _BaseEigenPro(BaseEstimator):
                 X, Y, test_size=self.validation_fraction, random_state=seed, stratify=stratify
             )
 
-        kernel_params = dict(self.kernel_params or {})
-        bandwidth = self.bandwidth
-        if bandwidth == "auto":
-            bandwidth = auto_bandwidth(X, random_state=seed)
-        kernel = get_kernel(self.kernel, bandwidth=float(bandwidth), **kernel_params)
+        kernel, bandwidth = self._make_kernel(X, seed)
+        diagnosis = diagnose(
+            kernel, _sample_rows(X, seed), dtype, bandwidth_fixed=self.bandwidth != "auto",
+            single_row=bool(np.ptp(X, axis=0).max() == 0),
+            repeated=repeated_rows_with_other_targets(X, Y), ridge=float(self.alpha),
+        )  # fmt: skip
 
         n, d = X.shape
         X_t = _as_tensor(X, dtype, device)
         Y_t = _as_tensor(Y, dtype, device)
-        s = default_subsample_size(n) if self.subsample_size == "auto" else self.subsample_size
-        if s > n:
-            raise ValueError(
-                f"subsample_size={s} is larger than the number of training samples ({n})"
-            )
+        s = self._subsample_size(n, d, Y.shape[1], device, dtype, budget)
         plan = memory_plan(n, d, Y.shape[1], s, device, dtype, budget)
         precond = build_preconditioner(
             kernel,
@@ -238,6 +289,9 @@ class _BaseEigenPro(BaseEstimator):
         )
         if self.batch_size == "auto":
             batch_size = precond.auto_batch_size(plan.max_batch_size, n)
+            self._warn_if_budget_binds(
+                precond, plan, batch_size, n, d, Y.shape[1], device, dtype, budget
+            )
         else:
             batch_size = min(int(self.batch_size), n)
         step_size = (
@@ -264,24 +318,27 @@ class _BaseEigenPro(BaseEstimator):
                                        max_block_elements=plan.max_block_elements),
                 )  # fmt: skip
 
-        result = fit_eigenpro(
-            kernel,
-            X_t,
-            Y_t,
-            precond,
-            batch_size=batch_size,
-            step_size=step_size,
-            n_epochs=self.n_epochs,
-            ridge=float(self.alpha),
-            rng=rng,
-            max_block_elements=plan.max_block_elements,
-            validation=validation,
-            n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
-            callback=callback,
-            verbose=self.verbose,
-        )
-        if not torch.isfinite(result.coef).all():
-            raise DivergenceError("EigenPro produced non-finite coefficients; the fit diverged")
+        try:
+            result = fit_eigenpro(
+                kernel,
+                X_t,
+                Y_t,
+                precond,
+                batch_size=batch_size,
+                step_size=step_size,
+                n_epochs=self.n_epochs,
+                ridge=float(self.alpha),
+                rng=rng,
+                max_block_elements=plan.max_block_elements,
+                validation=validation,
+                n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
+                callback=callback,
+                verbose=self.verbose,
+                no_exact_fit="; ".join(diagnosis.reasons) or None,
+            )
+        except DivergenceError as exc:
+            cause = self._likely_cause(precond, batch_size, dtype)
+            raise DivergenceError(f"{exc} {cause}") from None
 
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         self.centers_ = np.ascontiguousarray(X, dtype=np_dtype)
@@ -289,9 +346,101 @@ class _BaseEigenPro(BaseEstimator):
         self.n_centers_ = n
         self.kernel_ = kernel
         self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
+        self._set_solver_attributes(precond, s, result, device)
+        return self
+
+    def _make_kernel(self, X: np.ndarray, seed: int) -> tuple[Kernel, float]:
+        """The kernel with its bandwidth resolved (``"auto"``: from rows of ``X``)."""
+        bandwidth = self.bandwidth
+        if bandwidth == "auto":
+            bandwidth = auto_bandwidth(X, random_state=seed)
+        kernel = get_kernel(
+            self.kernel, bandwidth=float(bandwidth), **dict(self.kernel_params or {})
+        )
+        return kernel, float(bandwidth)
+
+    def _subsample_size(self, n, d, n_out, device, dtype, budget) -> int:
+        """The Nystrom subsample size: the requested one, or the automatic one scaled down to
+        what the memory budget leaves for building the preconditioner."""
+        if self.subsample_size != "auto":
+            if self.subsample_size > n:
+                raise ValueError(
+                    f"subsample_size={self.subsample_size} is larger than the number of "
+                    f"training samples ({n})"
+                )
+            return int(self.subsample_size)
+        return subsample_size_for_budget(n, d, n_out, device, dtype, budget)
+
+    def _warn_if_budget_binds(self, precond, plan, batch, n, d, n_out, device, dtype, budget):
+        """Warn when ``memory_gb`` shrank the Nystrom subsample, forced plain SGD (q = 0), or
+        holds batches far below the critical batch size, and say what budget would not."""
+        if self.memory_gb == "auto":
+            return
+        s = int(precond.subsample_indices.numel())
+        s_default = default_subsample_size(n) if self.subsample_size == "auto" else s
+        roomy = memory_plan(n, d, n_out, s_default, device, dtype, 2**62).max_batch_size
+        binds = plan.max_batch_size < min(roomy, n)
+        problems = []
+        if s < s_default:
+            problems.append(f"shrinks the Nystrom subsample to {s} points (default {s_default})")
+        if binds and precond.n_components == 0 and self.n_components == "auto":
+            problems.append(
+                f"leaves room for batches of {batch} points only, too few for any "
+                "preconditioning (q=0: plain kernel SGD)"
+            )
+        elif binds and BUDGET_WARNING_FACTOR * batch <= precond.critical_batch_size:
+            problems.append(
+                f"limits batches to {batch} points, far below the critical batch size "
+                f"{precond.critical_batch_size:.0f}"
+            )
+        if not problems:
+            return
+        wanted = int(min(roomy, n, max(batch, precond.critical_batch_size)))
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        needed = max(
+            budget_for_batch(n, d, n_out, s_default, dtype, wanted),
+            itemsize * n * (d + n_out) + setup_bytes(s_default, d, n),
+        )
+        warnings.warn(
+            f"memory_gb={self.memory_gb} " + " and ".join(problems) + ": the fit is right but "
+            f"converges more slowly per epoch or takes more, smaller steps. memory_gb="
+            f"{needed / 2**30:.2g} would not.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+    def _likely_cause(self, precond, batch_size, dtype: torch.dtype) -> str:
+        """The likely cause of a divergence the solver could not recover from (``precond``:
+        the EigenPro 2 preconditioner, None on the ``n_centers`` path)."""
+        if self.step_size != "auto":
+            auto = "" if precond is None else (
+                f" (step_size='auto' would use {precond.step_size(batch_size):.3g})"
+            )  # fmt: skip
+            return (
+                f"Likely cause: step_size={self.step_size:g} is above the stable step for this "
+                f"problem{auto}."
+            )
+        if not isinstance(self.kernel, str):
+            return (
+                "Likely cause: the kernel is not positive semi-definite on this data; EigenPro "
+                "needs a symmetric positive semi-definite kernel."
+            )
+        s = self.subsample_size if precond is None else int(precond.subsample_indices.numel())
+        q = self.n_components if precond is None else precond.n_components
+        if q != "auto" and s != "auto" and q > default_max_components(s):
+            return (
+                f"Likely cause: n_components={q} is too many for "
+                f"subsample_size={s}; use fewer components or a larger subsample."
+            )
+        if dtype == torch.float32:
+            return "Likely cause: float32 round-off at this step size; try dtype='float64'."
+        return "Check the data for extreme values, or set a smaller step_size."
+
+    def _set_solver_attributes(self, precond, subsample_size: int, result, device) -> None:
+        """The fitted attributes both paths share: what the solver chose and did."""
         self.n_components_ = precond.n_components
-        self.subsample_size_ = s
-        self.batch_size_ = int(batch_size)
+        self.subsample_size_ = int(subsample_size)
+        self.batch_size_ = int(result.batch_size)
         self.step_size_ = float(result.step_size)
         self.eigenvalues_ = precond.eigenvalues.cpu().numpy()
         self.top_eigenvalue_ = precond.top_eigenvalue
@@ -302,7 +451,6 @@ class _BaseEigenPro(BaseEstimator):
         self.best_epoch_ = result.best_epoch
         self.history_ = result.history
         self.device_ = str(device)
-        return self
 
     def _fit_targets_centers(self, data: HostData, Y: np.ndarray, score, stratify, eval_scorers):
         """EigenPro 3 on ``n_centers`` general centers, the data streamed from the host.
@@ -340,16 +488,15 @@ class _BaseEigenPro(BaseEstimator):
             data, Y = data.subset(train_pos), Y[train_pos]
             n = len(train_pos)
 
-        bandwidth = self.bandwidth
-        if bandwidth == "auto":
-            sample = np.arange(n)
-            if n > BANDWIDTH_SAMPLE:
-                sample = check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False)
-            rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
-            bandwidth = auto_bandwidth(rows, random_state=seed)
-        kernel = get_kernel(
-            self.kernel, bandwidth=float(bandwidth), **dict(self.kernel_params or {})
-        )
+        sample = np.arange(n)
+        if n > BANDWIDTH_SAMPLE:
+            sample = np.sort(check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False))
+        rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
+        kernel, bandwidth = self._make_kernel(rows, seed)
+        diagnosis = diagnose(
+            kernel, rows, dtype, bandwidth_fixed=self.bandwidth != "auto",
+            single_row=bool(np.ptp(rows, axis=0).max() == 0), ridge=float(self.alpha),
+        )  # fmt: skip
 
         if isinstance(self.n_centers, Integral):
             p = int(self.n_centers)
@@ -385,30 +532,35 @@ class _BaseEigenPro(BaseEstimator):
             def callback(epoch: int, predict_fn) -> dict:
                 return _score_eval_sets(eval_tensors, predict_fn)
 
-        result = fit_eigenpro3(
-            kernel,
-            data,
-            torch.from_numpy(np.ascontiguousarray(Y, dtype=np_dtype)),
-            centers,
-            device=device,
-            dtype=dtype,
-            n_epochs=self.n_epochs,
-            memory_budget=budget,
-            batch_size=self.batch_size,
-            step_size=self.step_size,
-            n_components=self.n_components,
-            subsample_size=self.subsample_size,
-            inner=self.inner_params,
-            ridge=float(self.alpha),
-            rng=rng,
-            comm=comm,
-            validation=validation,
-            n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
-            callback=callback,
-            verbose=self.verbose if comm.rank == 0 else 0,
-        )
-        if not torch.isfinite(result.coef).all():
-            raise DivergenceError("EigenPro produced non-finite coefficients; the fit diverged")
+        reasons = list(diagnosis.reasons)
+        if centers.shape[0] < n:
+            reasons.append("the model has fewer centers than training points")
+        try:
+            result = fit_eigenpro3(
+                kernel,
+                data,
+                torch.from_numpy(np.ascontiguousarray(Y, dtype=np_dtype)),
+                centers,
+                device=device,
+                dtype=dtype,
+                n_epochs=self.n_epochs,
+                memory_budget=budget,
+                batch_size=self.batch_size,
+                step_size=self.step_size,
+                n_components=self.n_components,
+                subsample_size=self.subsample_size,
+                inner=self.inner_params,
+                ridge=float(self.alpha),
+                rng=rng,
+                comm=comm,
+                validation=validation,
+                n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
+                callback=callback,
+                verbose=self.verbose if comm.rank == 0 else 0,
+                no_exact_fit="; ".join(reasons) or None,
+            )
+        except DivergenceError as exc:
+            raise DivergenceError(f"{exc} {self._likely_cause(None, None, dtype)}") from None
 
         precond = result.preconditioner
         self.centers_ = centers.numpy()
@@ -416,15 +568,7 @@ class _BaseEigenPro(BaseEstimator):
         self.n_centers_ = int(centers.shape[0])
         self.kernel_ = kernel
         self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
-        self.n_components_ = precond.n_components
-        self.subsample_size_ = int(precond.subsample_indices.numel())
-        self.batch_size_ = int(result.batch_size)
-        self.step_size_ = float(result.step_size)
-        self.eigenvalues_ = precond.eigenvalues.cpu().numpy()
-        self.top_eigenvalue_ = precond.top_eigenvalue
-        self.tail_eigenvalue_ = precond.tail_eigenvalue
-        self.beta_ = precond.beta
-        self.critical_batch_size_ = precond.critical_batch_size
+        self._set_solver_attributes(precond, precond.subsample_indices.numel(), result, device)
         inner_pc = result.inner_preconditioner
         self.inner_params_ = {
             "method": result.inner_method,
@@ -434,15 +578,12 @@ class _BaseEigenPro(BaseEstimator):
             "step_size": result.inner_step_size or None,
             "n_steps": result.inner_steps or None,
         }
-        self.n_iter_ = result.n_epochs
-        self.best_epoch_ = result.best_epoch
-        self.history_ = result.history
-        self.device_ = str(device)
         self.world_size_ = comm.world_size
         return self
 
-    def _eval_sets(self, eval_set, make_scorer):
-        """Validate ``eval_set`` (a list of ``(X, y)`` pairs) into ``(X, scorer)`` pairs."""
+    def _eval_sets(self, eval_set, make_scorer, *, numeric: bool):
+        """Validate ``eval_set`` (a list of ``(X, y)`` pairs) into ``(X, scorer)`` pairs, before
+        any training: errors name the pair (``eval_set[i]``)."""
         if eval_set is None:
             return []
         if not isinstance(eval_set, (list, tuple)) or not all(
@@ -450,12 +591,23 @@ class _BaseEigenPro(BaseEstimator):
         ):
             raise TypeError("eval_set must be a list of (X, y) pairs")
         out = []
-        for X_eval, y_eval in eval_set:
-            X_eval = self._validate_X(X_eval, reset=False)
-            y_eval = np.asarray(_to_numpy(y_eval))
+        for i, (X_eval, y_eval) in enumerate(eval_set):
+            name = f"eval_set[{i}]"
+            if sp.issparse(y_eval):
+                raise TypeError(f"{name}: y is a scipy.sparse matrix; pass y.toarray()")
+            try:
+                X_eval = self._validate_X(X_eval, reset=False)
+                y_eval = np.asarray(_to_numpy(y_eval))
+                if numeric or y_eval.dtype.kind in "fc":
+                    y_eval = check_array(
+                        y_eval, ensure_2d=False, dtype=np.float64 if numeric else None,
+                        input_name="y",
+                    )  # fmt: skip
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
             if y_eval.shape[0] != X_eval.shape[0]:
                 raise ValueError(
-                    f"eval_set has inconsistent numbers of samples: {X_eval.shape[0]} rows in X "
+                    f"{name} has inconsistent numbers of samples: {X_eval.shape[0]} rows in X "
                     f"and {y_eval.shape[0]} in y"
                 )
             out.append((X_eval, make_scorer(y_eval)))
@@ -625,6 +777,11 @@ callable or Kernel, default="gaussian"
         -------
         self
         """
+        with _atomic_fit(self):
+            self._fit_regressor(X, y, eval_set)
+        return self
+
+    def _fit_regressor(self, X, y, eval_set) -> None:
         self._check_params()
         X, y = self._validate_fit_data(X, y, multi_output=True, y_numeric=True)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -633,11 +790,10 @@ callable or Kernel, default="gaussian"
             y_eval = y_eval.reshape(-1, 1) if y_eval.ndim == 1 else y_eval
             return lambda pred: r2_score(y_eval, pred)
 
-        evals = self._eval_sets(eval_set, make_scorer)
+        evals = self._eval_sets(eval_set, make_scorer, numeric=True)
         self._fit_targets(X, Y, score=r2_score, eval_scorers=evals)
         if y.ndim == 1:
             self.dual_coef_ = self.dual_coef_.ravel()
-        return self
 
     def predict(self, X) -> np.ndarray:
         """Predict targets for ``X``.
@@ -713,6 +869,11 @@ world_size_
         -------
         self
         """
+        with _atomic_fit(self):
+            self._fit_classifier(X, y, eval_set)
+        return self
+
+    def _fit_classifier(self, X, y, eval_set) -> None:
         self._check_params()
         X, y = self._validate_fit_data(X, y, multi_output=False, y_numeric=False)
         y = column_or_1d(y, warn=True)
@@ -745,10 +906,9 @@ world_size_
         def make_scorer(y_eval):
             return lambda pred: accuracy_score(y_eval.ravel(), classes[labels(pred).astype(int)])
 
-        evals = self._eval_sets(eval_set, make_scorer)
+        evals = self._eval_sets(eval_set, make_scorer, numeric=False)
         self._fit_targets(X, Y, score=accuracy, stratify=stratify, eval_scorers=evals)
         self.classes_ = classes
-        return self
 
     def decision_function(self, X) -> np.ndarray:
         """Model outputs: shape (n_samples,) for two classes (positive means ``classes_[1]``),

@@ -85,20 +85,45 @@ class PreparedCenters:
     ----------
     data : Tensor of shape (p, k)
         The centers as the kernel wants them (radial kernels: shifted, scaled to bandwidth
-        units and augmented for the one-GEMM distance product; others: the centers).
+        units and augmented for the one-GEMM distance product; others: the centers), with
+        zero columns up to a multiple of :data:`FEATURE_MULTIPLE` for the built-in kernels.
     origin : Tensor of shape (d,) or None
         The float64 point both centers and evaluation points are shifted by (radial kernels).
+    n_features : int or None
+        d, the number of features of the centers before any augmentation or padding.
     """
 
     data: torch.Tensor
     origin: torch.Tensor | None = None
+    n_features: int | None = None
 
     def __len__(self) -> int:
         return self.data.shape[0]
 
     def rows(self, start: int, stop: int) -> PreparedCenters:
         """The centers ``start:stop`` (a view, same origin)."""
-        return PreparedCenters(self.data[start:stop], self.origin)
+        return PreparedCenters(self.data[start:stop], self.origin, self.n_features)
+
+
+#: The built-in kernels' GEMM operands get zero columns up to a multiple of this many: MKL
+#: multiplies operands with other widths (odd ones in float64, for instance) by code paths
+#: whose rounding depends on a row's position in its block, which would make a prediction
+#: depend on the rows predicted with it. Zeros change no value.
+FEATURE_MULTIPLE = 8
+
+
+def _padded_width(width: int) -> int:
+    return -(-width // FEATURE_MULTIPLE) * FEATURE_MULTIPLE
+
+
+def _pad_features(X: torch.Tensor) -> torch.Tensor:
+    """``X`` with zero columns up to :func:`_padded_width` (``X`` itself when none are needed)."""
+    width = _padded_width(X.shape[1])
+    if width == X.shape[1]:
+        return X
+    out = X.new_zeros(X.shape[0], width)
+    out[:, : X.shape[1]] = X
+    return out
 
 
 class Kernel(ABC):
@@ -121,7 +146,7 @@ class Kernel(ABC):
 
     def prepare(self, Z: torch.Tensor) -> PreparedCenters:
         """Preprocess fixed centers once for :meth:`prepared_block`."""
-        return PreparedCenters(Z)
+        return PreparedCenters(Z, None, Z.shape[1])
 
     def prepare_points(self, X: torch.Tensor, centers: PreparedCenters) -> torch.Tensor:
         """Preprocess a block of evaluation points for blocks against ``centers``."""
@@ -171,11 +196,13 @@ class RadialKernel(Kernel):
         values, in place."""
 
     def _augmented(self, X: torch.Tensor, origin: torch.Tensor, *, centers: bool) -> torch.Tensor:
-        """``[v, 1, c |v|^2]`` (centers) or ``[-2c u, c |u|^2, 1]`` (points), written into
-        one new (len(X), d + 2) tensor with no other copy of ``X``."""
+        """``[v, 1, c |v|^2, 0...]`` (centers) or ``[-2c u, c |u|^2, 1, 0...]`` (points),
+        written into one new tensor of :func:`_padded_width` (d + 2) columns with no other
+        copy of ``X``."""
         n, d = X.shape
         c = self.distance_scale
-        out = torch.empty(n, d + 2, dtype=X.dtype, device=X.device)
+        out = torch.empty(n, _padded_width(d + 2), dtype=X.dtype, device=X.device)
+        out[:, d + 2 :] = 0.0
         units = out[:, :d]
         torch.sub(X, origin.to(device=X.device, dtype=X.dtype), out=units)
         units.div_(self.bandwidth)  # u = (x - o) / h
@@ -192,7 +219,7 @@ class RadialKernel(Kernel):
 
     def prepare(self, Z: torch.Tensor) -> PreparedCenters:
         origin = _origin(Z)
-        return PreparedCenters(self._augmented(Z, origin, centers=True), origin)
+        return PreparedCenters(self._augmented(Z, origin, centers=True), origin, Z.shape[1])
 
     def prepare_points(self, X: torch.Tensor, centers: PreparedCenters) -> torch.Tensor:
         return self._augmented(X, centers.origin, centers=False)
@@ -284,9 +311,20 @@ class PolynomialKernel(Kernel):
     def _gamma(self, d: int) -> float:
         return 1.0 / d if self.gamma is None else float(self.gamma)
 
+    def _profile_(self, gram: torch.Tensor, d: int) -> torch.Tensor:
+        return gram.mul_(self._gamma(d)).add_(self.coef0).pow_(self.degree)
+
     def block(self, X, Z):
-        gram = X @ Z.T
-        return gram.mul_(self._gamma(X.shape[1])).add_(self.coef0).pow_(self.degree)
+        return self._profile_(X @ Z.T, X.shape[1])
+
+    def prepare(self, Z):
+        return PreparedCenters(_pad_features(Z), None, Z.shape[1])
+
+    def prepare_points(self, X, centers):
+        return _pad_features(X)
+
+    def prepared_block(self, points, centers, out=None):
+        return self._profile_(torch.mm(points, centers.data.T, out=out), centers.n_features)
 
     def diag(self, X):
         return (X.pow(2).sum(dim=1) * self._gamma(X.shape[1]) + self.coef0).pow_(self.degree)
@@ -299,6 +337,15 @@ class LinearKernel(Kernel):
 
     def block(self, X, Z):
         return X @ Z.T
+
+    def prepare(self, Z):
+        return PreparedCenters(_pad_features(Z), None, Z.shape[1])
+
+    def prepare_points(self, X, centers):
+        return _pad_features(X)
+
+    def prepared_block(self, points, centers, out=None):
+        return torch.mm(points, centers.data.T, out=out)
 
     def diag(self, X):
         return X.pow(2).sum(dim=1)
@@ -327,12 +374,15 @@ class CallableKernel(Kernel):
         out = self.fn(X, Z, **self.params)
         if not isinstance(out, torch.Tensor):
             try:
-                out = torch.as_tensor(np.asarray(out, dtype=np.float64))
-            except (TypeError, ValueError) as exc:
+                array = np.asarray(out, dtype=np.float64)
+            except (TypeError, ValueError):
+                array = None
+            if array is None or array.ndim != 2:
                 raise TypeError(
                     f"{self._describe()} returned {type(out).__name__}; it must return a "
-                    f"({X.shape[0]}, {Z.shape[0]}) matrix (a torch tensor or an array) ({exc})"
-                ) from None
+                    f"({X.shape[0]}, {Z.shape[0]}) matrix (a torch tensor or an array)"
+                )
+            out = torch.from_numpy(array)
         if out.shape != (X.shape[0], Z.shape[0]):
             raise ValueError(
                 f"{self._describe()} returned shape {tuple(out.shape)} for inputs with "
@@ -412,9 +462,11 @@ MIN_TILE_COLUMNS = 512
 #: Row count for which row-invariant products (:func:`kernel_matmul` with
 #: ``row_invariant=True``) size their column tiles, whatever the number of rows.
 INVARIANT_TILE_ROWS = 1024
-#: Row-invariant products on the CPU never multiply fewer rows than this at once: BLAS
-#: takes other code paths (other summation orders) for a handful of rows.
-MIN_GEMM_ROWS = 16
+#: Row-invariant products on the CPU multiply row blocks padded to a multiple of this many
+#: rows, by coefficients padded with zero columns to a multiple of this many: MKL takes other
+#: code paths (other summation orders) for a handful of rows or columns and for row counts
+#: off a multiple of 4, and then a row's result depends on how many rows come with it.
+GEMM_MULTIPLE = 16
 
 
 def _tile_shape(
@@ -467,9 +519,10 @@ def kernel_matmul(
         across batches).
     row_invariant : bool, default=False
         Make every row of the result independent of the other rows of ``X``: the tiling does
-        not depend on ``m`` and, on the CPU, no product has fewer than
-        :data:`MIN_GEMM_ROWS` rows (short chunks are padded). Predictions use it, so that a
-        row predicted alone equals the same row predicted in a batch, bit for bit.
+        not depend on ``m`` and, on the CPU, row blocks and coefficient columns are padded to
+        multiples of :data:`GEMM_MULTIPLE`. Predictions use it, so that a row predicted alone
+        equals the same row predicted in a batch, bit for bit (checked by the test suite on
+        the MKL build of torch; GPUs make no such promise).
 
     Returns
     -------
@@ -491,8 +544,14 @@ def kernel_matmul(
         kept = torch.empty(m, n_kept, dtype=X.dtype, device=X.device)
     sized_for = INVARIANT_TILE_ROWS if row_invariant else m
     rows, cols = _tile_shape(m, p, max_block_elements, X.device, sized_for)
-    min_rows = MIN_GEMM_ROWS if row_invariant and X.device.type == "cpu" else 1
-    rows = max(rows, min_rows)
+    multiple = 1
+    n_out = W.shape[1]
+    if row_invariant and X.device.type == "cpu":
+        multiple = GEMM_MULTIPLE
+        rows = max(multiple, rows // multiple * multiple)
+        width = -(-n_out // multiple) * multiple
+        if width != n_out:
+            W = torch.cat([W, W.new_zeros(p, width - n_out)], dim=1)
     # One buffer for every block (and, passed in, for every call): fresh memory for each block
     # would be page-faulted and zeroed by the OS, a cost comparable to the exponentials.
     needed = rows * min(cols, p)
@@ -502,9 +561,11 @@ def kernel_matmul(
         Xr = X[r0 : r0 + rows]
         n_real = Xr.shape[0]
         acc = out[r0 : r0 + n_real]
-        if n_real < min_rows:  # pad with copies of a real row; their results are dropped
-            Xr = torch.cat([Xr, Xr[:1].expand(min_rows - n_real, -1)])
-            acc = torch.zeros(min_rows, W.shape[1], dtype=W.dtype, device=W.device)
+        padded = -(-n_real // multiple) * multiple
+        if padded != n_real:  # pad with copies of a real row; their results are dropped
+            Xr = torch.cat([Xr, Xr[:1].expand(padded - n_real, -1)])
+        if Xr.shape[0] != n_real or W.shape[1] != n_out:
+            acc = torch.zeros(Xr.shape[0], W.shape[1], dtype=W.dtype, device=W.device)
         points = kernel.prepare_points(Xr, prepared)
         for c0 in range(0, p, cols):
             c1 = min(p, c0 + cols)
@@ -513,8 +574,8 @@ def kernel_matmul(
             acc.addmm_(block, W[c0:c1])
             if kept is not None:
                 _keep(block[:n_real], c0, c1, keep_columns, kept[r0 : r0 + n_real])
-        if n_real < Xr.shape[0]:
-            out[r0 : r0 + n_real] = acc[:n_real]
+        if acc.shape != (n_real, n_out):
+            out[r0 : r0 + n_real] = acc[:n_real, :n_out]
     if keep_columns is not None:
         return out, kept
     return out

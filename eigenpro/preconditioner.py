@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from .kernels import Kernel
 __all__ = [
     "EigenProPreconditioner",
     "build_preconditioner",
+    "auto_components",
     "default_subsample_size",
     "preconditioned_top_eigenvalue",
+    "setup_bytes",
     "STEP_SAFETY",
 ]
 
@@ -43,9 +45,13 @@ PRECISION_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10}
 #: operator's top eigenvalue are measured.
 BETA_PROBES = 2000
 #: Fewest and most probes with which the top eigenvalue after preconditioning is measured
-#: (a dense probes x probes float64 matrix).
-MIN_CALIBRATION_PROBES = 200
+#: (a dense probes x probes float64 matrix). A measurement on P probes cannot certify a
+#: critical batch above about P, so few probes only make the step safer: with none, a
+#: subsample of 50 among 200 points gave steps that diverged slowly (1.1-1.9x per epoch).
+MIN_CALIBRATION_PROBES = 50
 CALIBRATION_PROBES = 1000
+#: Columns per chunk when the preconditioned diagonals are accumulated (bounds memory).
+DIAGONAL_CHUNK = 256
 
 
 def default_subsample_size(n_centers: int) -> int:
@@ -54,6 +60,37 @@ def default_subsample_size(n_centers: int) -> int:
     180k on. Enough for the few hundred leading eigenpairs EigenPro flattens, while the
     eigensolver stays at seconds."""
     return int(min(n_centers, max(2000, min(12_000, n_centers // 15))))
+
+
+def setup_bytes(subsample_size: int, n_features: int, n_points: int) -> int:
+    """Peak bytes :func:`build_preconditioner` allocates beyond its inputs (float64 throughout):
+    the subsample's kernel matrix and the eigensolver's copy of it, the eigenvectors, the
+    chunks of the preconditioned diagonals, and the dense calibration matrix on the probes.
+    """
+    s = subsample_size
+    k = default_max_components(s) + 1
+    probes = min(BETA_PROBES, max(n_points - s, 0))
+    cal = min(CALIBRATION_PROBES, probes) if probes >= MIN_CALIBRATION_PROBES else 0
+    eigensolver = 2 * s * s + s * (k + n_features + 2)  # + a reordered copy of the vectors
+    diagonals = DIAGONAL_CHUNK * (s + 5 * k) + (s + probes) * (n_features + 2)
+    calibration = 2 * cal * cal + cal * (s + k + n_features)
+    return 8 * (s * k + max(eigensolver, diagonals, calibration))
+
+
+def auto_components(critical_batches: torch.Tensor, max_batch_size: int) -> int:
+    """The q of ``n_components="auto"``: the fewest components whose critical batch size
+    reaches ``max_batch_size`` (batches of ``max_batch_size`` then take the linear-scaling
+    step ``m / beta``, which makes the progress of batch-1 SGD per epoch in the fewest
+    steps), or the most components available when none reaches it.
+
+    Parameters
+    ----------
+    critical_batches : Tensor of shape (k,)
+        ``beta_q / lambda_{q+1}`` for q = 0 .. k-1 (increasing).
+    max_batch_size : int
+    """
+    reach = torch.nonzero(critical_batches >= max_batch_size).flatten()
+    return int(reach.min()) if reach.numel() else int(critical_batches.shape[0] - 1)
 
 
 def default_max_components(subsample_size: int) -> int:
@@ -85,6 +122,9 @@ class EigenProPreconditioner:
         measurement on probe points outside the subsample shows it is.
     beta : float
         ``max_x k_P(x, x)``, the largest diagonal of the preconditioned kernel.
+    critical_batches : Tensor of shape (k,), optional
+        ``beta_q / lambda_{q+1}`` for every q the training dtype resolves (float64): the
+        critical batch size each number of components would give.
     """
 
     subsample_indices: torch.Tensor
@@ -95,6 +135,7 @@ class EigenProPreconditioner:
     top_eigenvalue: float
     tail_eigenvalue: float
     beta: float
+    critical_batches: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def critical_batch_size(self) -> float:
@@ -146,29 +187,36 @@ def _preconditioned_diagonals(
     eigenvalues: torch.Tensor,
     eigenvectors: torch.Tensor,
 ) -> torch.Tensor:
-    """``max_x k_P(x, x)`` over the probes for every q = 0 .. k-1 (float64, shape (k,)).
+    """``max_x k_P(x, x)`` over the subsample and the probes for every q = 0 .. k-1 (float64,
+    shape (k,)).
 
     ``k_P(x, x) = k(x, x) - sum_{i<=q} (1 - lambda_{q+1}/lambda_i) e_i(x)^2``; on subsample
     points ``e_i(x_j)^2 = s lambda_i u_ij^2``, elsewhere the Nystrom extension is evaluated.
+    Points are taken :data:`DIAGONAL_CHUNK` at a time, so memory stays O(k x chunk).
     """
     s = X_sub.shape[0]
     lam = eigenvalues
-    # e_i(x)^2 on the probes, one row per eigenfunction.
-    sq_sub = (s * lam).unsqueeze(1) * eigenvectors.T.pow(2)  # (k, s)
-    diag = kernel.diag(X_sub.to(torch.float64))
+    best = torch.full_like(lam, -math.inf)
+
+    def fold(sq: torch.Tensor, diag: torch.Tensor) -> None:
+        # sq[i, j] = e_i(x_j)^2; row q of the reduction sums eigenfunctions 0..q-1.
+        reduction = torch.zeros_like(sq)
+        reduction[1:] = sq.cumsum(0)[:-1] - lam[1:, None] * (sq / lam[:, None]).cumsum(0)[:-1]
+        torch.maximum(best, (diag[None, :] - reduction).amax(dim=1), out=best)
+
+    X_sub64 = X_sub.to(torch.float64)
+    for start in range(0, s, DIAGONAL_CHUNK):
+        cols = slice(start, start + DIAGONAL_CHUNK)
+        sq = (s * lam)[:, None] * eigenvectors[cols].T.pow(2)
+        fold(sq, kernel.diag(X_sub64[cols]))
     if X_probe.shape[0]:
-        probes64 = X_probe.to(torch.float64)
-        proj = eigenvectors.T @ kernel(X_sub.to(torch.float64), probes64)  # (k, P)
-        sq_probe = proj.pow_(2) / (s * lam).unsqueeze(1)
-        sq_sub = torch.cat([sq_sub, sq_probe], dim=1)
-        diag = torch.cat([diag, kernel.diag(probes64)])
-    k = lam.shape[0]
-    zero = torch.zeros(1, sq_sub.shape[1], dtype=torch.float64, device=sq_sub.device)
-    # Exclusive cumulative sums: row q sums eigenfunctions 0..q-1.
-    cum = torch.cat([zero, sq_sub.cumsum(0)[: k - 1]])
-    cum_scaled = torch.cat([zero, (sq_sub / lam.unsqueeze(1)).cumsum(0)[: k - 1]])
-    reduction = cum - lam.unsqueeze(1) * cum_scaled  # (k, P)
-    return (diag.unsqueeze(0) - reduction).amax(dim=1)
+        centers = kernel.prepare(X_sub64)
+        for start in range(0, X_probe.shape[0], DIAGONAL_CHUNK):
+            probes = X_probe[start : start + DIAGONAL_CHUNK].to(torch.float64)
+            block = kernel.prepared_block(kernel.prepare_points(probes, centers), centers)
+            proj = eigenvectors.T @ block.T  # (k, chunk)
+            fold(proj.pow_(2) / (s * lam)[:, None], kernel.diag(probes))
+    return best
 
 
 def preconditioned_top_eigenvalue(
@@ -287,10 +335,9 @@ def build_preconditioner(
     betas = torch.maximum(betas, lam)  # k_P(x, x) >= lambda_{q+1} always holds in exact arithmetic
 
     precise = int((raw > PRECISION_FLOOR[dtype] * raw[0]).sum())
+    critical = (betas / lam)[: max(1, precise)]  # critical batch size of each usable q
     if n_components == "auto":
-        crit = (betas / lam)[: max(1, precise)]
-        fits = torch.nonzero(crit <= max_batch_size).flatten()
-        q = int(fits.max()) if fits.numel() else 0
+        q = auto_components(critical, max_batch_size)
     elif q >= valid:
         raise ValueError(
             f"n_components={q} is too large: eigenvalue {q + 1} of the subsample kernel matrix is "
@@ -302,6 +349,15 @@ def build_preconditioner(
             f"{float(raw[q] / raw[0]):.1e}, below what {dtype} resolves reliably "
             f"({PRECISION_FLOOR[dtype]:.0e}); the fit may diverge. Use fewer components or "
             "dtype='float64'.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    elif q > default_max_components(s):
+        warnings.warn(
+            f"n_components={q} is more than a quarter of subsample_size={s}: Nystrom estimates "
+            "of eigenvalues that deep in the spectrum are unreliable, so the preconditioner "
+            "flattens less than asked (the step is set from a measurement on probe points) and "
+            "converges slowly. Use fewer components or a larger subsample_size.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -327,4 +383,5 @@ def build_preconditioner(
         top_eigenvalue=float(lam[0]),
         tail_eigenvalue=tail_for_step,
         beta=float(betas[q]),
+        critical_batches=critical,
     )

@@ -7,9 +7,13 @@ One step on a batch ``B`` of ``m`` points (DESIGN.md section 1)::
     alpha_S += (eta / m) * E diag(D) E^T K(X_S, X_B) r
 
 ``K(X_B, Z)`` is evaluated block by block (:func:`~eigenpro.kernels.kernel_matmul`) and the
-columns ``K(X_B, X_S)`` the preconditioner needs are taken from those same blocks. Each
-epoch is checked for divergence: on a non-finite or exploding loss the epoch is undone, the
-step halved and the epoch retried.
+columns ``K(X_B, X_S)`` the preconditioner needs are taken from those same blocks.
+
+Divergence is caught at its first sign (:class:`DivergenceGuard`): a non-finite or exploding
+running loss, an epoch whose loss is above the zero model's or has risen over the best
+epoch's, or returned coefficients whose loss on a sample of training rows is above the zero
+model's. The fit then rolls back to the start of its best epoch and continues with half the
+step, with a warning; a fit never returns a diverged iterate.
 """
 
 from __future__ import annotations
@@ -25,23 +29,204 @@ import torch
 from tqdm.auto import tqdm
 
 from .kernels import Kernel, PreparedCenters, kernel_matmul
-from .preconditioner import EigenProPreconditioner
+from .preconditioner import EigenProPreconditioner, default_subsample_size, setup_bytes
 
-__all__ = ["DivergenceError", "FitResult", "MemoryPlan", "fit_eigenpro", "memory_plan", "predict"]
+__all__ = [
+    "DivergenceError",
+    "DivergenceGuard",
+    "FitResult",
+    "MemoryPlan",
+    "budget_for_batch",
+    "fit_eigenpro",
+    "memory_plan",
+    "predict",
+    "subsample_size_for_budget",
+]
 
-#: An epoch diverged when its running loss exceeds this multiple of the reference loss: the
-#: previous epoch's loss (the zero model's loss in the first epoch).
+#: An epoch is abandoned at once when its running loss exceeds this multiple of the
+#: reference loss: the previous epoch's loss (the zero model's loss in the first epoch).
 DIVERGENCE_FACTOR = 2.0
 #: ... but growth below this fraction of the zero model's loss is read as noise, not divergence.
 NOISE_FLOOR = 1e-3
-#: How many times a diverged epoch is retried with a halved step before giving up.
+#: A completed epoch whose running loss exceeds the best epoch's by this factor shows a fit
+#: that diverges slowly (growth of 1.1-1.9x per epoch escapes the 2x test for several epochs).
+RISE_FACTOR = 1.25
+#: Slack of the per-epoch comparison with the zero model's loss.
+ZERO_MODEL_SLACK = 1.01
+#: Roll-backs without an improving epoch in between before the fit gives up.
 MAX_RETRIES = 4
+#: Training rows on which the loss of the returned coefficients is measured at the end.
+FINAL_CHECK_ROWS = 1000
 #: Batch-size cap on the CPU, where larger batches buy no speed (GEMM is saturated well below).
 CPU_MAX_BATCH = 4096
 
 
 class DivergenceError(RuntimeError):
     """The iteration diverged even after the step size was reduced."""
+
+
+class DivergenceGuard:
+    """Epoch-level divergence detection and roll-back, shared by the EigenPro 2 and 3 loops.
+
+    A fit diverges when an epoch's running loss becomes non-finite or passes
+    :data:`DIVERGENCE_FACTOR` times the previous epoch's (checked during the epoch), or when a
+    completed epoch's loss is above the zero model's or :data:`RISE_FACTOR` times the best
+    epoch's. The guard keeps the iterate at the start of the best epoch; :meth:`roll_back`
+    restores it, so a fit never continues from (or returns) a diverged iterate.
+
+    Parameters
+    ----------
+    state : list of Tensor
+        The iterate, updated in place by the solver.
+    zero_loss : float
+        Loss of the zero model, where the fit starts.
+    no_exact_fit : str, optional
+        Why the problem has no exact fit, when it has none: its loss then has a floor that
+        constant-step SGD reaches noisily, and roll-backs are reported as lowering that
+        floor (once per fit) rather than as divergence.
+    """
+
+    def __init__(
+        self, state: list[torch.Tensor], zero_loss: float, no_exact_fit: str | None = None
+    ):
+        self.state = state
+        self.zero_loss = zero_loss
+        self.no_exact_fit = no_exact_fit
+        self._warned_floor = False
+        self.reference = zero_loss  # the previous epoch's loss
+        self.best_loss = math.inf  # what a completed epoch is compared with
+        self.best_epoch = 0
+        self.failures = 0
+        self._record = math.inf  # the lowest epoch loss ever accepted
+        self._start: list[torch.Tensor] = []
+        self._start_reference = zero_loss
+        self._best: list[torch.Tensor] | None = None
+        self._best_reference = zero_loss
+
+    @property
+    def loss_limit(self) -> float:
+        """Running loss at which an epoch in progress is abandoned."""
+        return DIVERGENCE_FACTOR * max(self.reference, NOISE_FLOOR * self.zero_loss)
+
+    def start_epoch(self) -> None:
+        """Snapshot the iterate at the start of an epoch."""
+        self._start = [t.clone() for t in self.state]
+        self._start_reference = self.reference
+
+    def problem(self, loss: float, finished: bool) -> str | None:
+        """Why the epoch that ended with running loss ``loss`` diverged (None if it did not)."""
+        if not math.isfinite(loss):
+            return f"the training loss became {loss}"
+        if not finished:
+            return (
+                f"the running loss reached {loss:.3g}, over {DIVERGENCE_FACTOR:g}x the "
+                f"previous epoch's {self.reference:.3g}"
+            )
+        # An epoch's running loss includes the iterate it started from (in a full-batch first
+        # epoch it is the zero model's loss itself): a round-off's slack.
+        if loss > ZERO_MODEL_SLACK * self.zero_loss:
+            return f"the training loss {loss:.3g} exceeded the zero model's {self.zero_loss:.3g}"
+        if loss > RISE_FACTOR * self.best_loss:
+            return (
+                f"the training loss rose from {self.best_loss:.3g} (epoch {self.best_epoch}) "
+                f"to {loss:.3g}"
+            )
+        return None
+
+    def final_problem(self, final_loss: float, zero_loss: float, last_loss: float) -> str | None:
+        """Why the iterate about to be returned is unacceptable: its loss on a sample of
+        training rows (``final_loss``; the zero model's on the same rows: ``zero_loss``) is
+        above the zero model's, or well above the last epoch's running loss."""
+        if not math.isfinite(final_loss) or final_loss > zero_loss:
+            return (
+                f"the fitted coefficients' training loss {final_loss:.3g} is above the zero "
+                f"model's {zero_loss:.3g}"
+            )
+        if final_loss > RISE_FACTOR * max(last_loss, NOISE_FLOOR * zero_loss):
+            return (
+                f"the training loss rose during the last epoch (from {last_loss:.3g} to "
+                f"{final_loss:.3g})"
+            )
+        return None
+
+    def accept(self, epoch: int, loss: float) -> None:
+        """Record a completed epoch that did not diverge."""
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, epoch
+            self._best, self._best_reference = self._start, self._start_reference
+        if loss < self._record:
+            self._record, self.failures = loss, 0
+        self.reference = loss
+
+    def roll_back(self, problem: str, step_size: float, epoch: int) -> int:
+        """Restore the iterate at the start of the best epoch (of the current one when none
+        has completed) and return that epoch's number, where the fit resumes with a smaller
+        step. Raises :class:`DivergenceError` after :data:`MAX_RETRIES` roll-backs without a
+        new lowest loss in between."""
+        self.failures += 1
+        if self.failures > MAX_RETRIES:
+            raise DivergenceError(
+                f"EigenPro diverged in epoch {epoch}: {problem}, even after the step size was "
+                f"halved {MAX_RETRIES} times (to {step_size:.3g})."
+            )
+        if self._best is None:
+            saved, resume, reference = self._start, epoch, self._start_reference
+        else:
+            saved, resume, reference = self._best, self.best_epoch, self._best_reference
+        for tensor, value in zip(self.state, saved, strict=True):
+            tensor.copy_(value)
+        # The rerun epoch is judged against the loss before it, not against its own earlier
+        # (larger-step) run.
+        self.reference = self.best_loss = reference
+        return resume
+
+    def warn(self, problem: str, resume: int, step_size: float) -> None:
+        """Report a roll-back (``step_size``: the new, halved step)."""
+        if self.no_exact_fit is None:
+            message = (
+                f"EigenPro: {problem}; rolling back to the start of epoch {resume} and "
+                f"retrying with the step size halved to {step_size:.3g}."
+            )
+        elif self._warned_floor:
+            return
+        else:
+            self._warned_floor = True
+            message = (
+                f"EigenPro: {problem}. This problem has no exact fit ({self.no_exact_fit}), "
+                "so constant-step SGD stalls at a noisy loss floor: continuing from the start "
+                f"of epoch {resume} with the step halved to {step_size:.3g}, which lowers the "
+                "floor (further halvings are not reported; see history_'s step_size)."
+            )
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+class ValidationTracker:
+    """The best epoch by validation score, and when to stop early.
+
+    Parameters
+    ----------
+    n_iter_no_change : int or None
+        Stop after this many epochs without improvement (None: never).
+    """
+
+    def __init__(self, n_iter_no_change: int | None):
+        self.n_iter_no_change = n_iter_no_change
+        self.best_score, self.best_coef, self.best_epoch, self.stale = -math.inf, None, 0, 0
+
+    def update(self, epoch: int, score: float, coef: torch.Tensor) -> bool:
+        """Record the epoch's score (``coef`` copied when best); True when the fit should stop."""
+        if score > self.best_score:
+            self.best_score, self.best_coef, self.best_epoch = score, coef.clone(), epoch
+            self.stale = 0
+            return False
+        self.stale += 1
+        return self.n_iter_no_change is not None and self.stale >= self.n_iter_no_change
+
+    def forget_from(self, epoch: int) -> None:
+        """Drop what epochs ``epoch`` and later recorded (they are about to be rerun)."""
+        if self.best_epoch >= epoch:
+            self.best_score, self.best_coef, self.best_epoch = -math.inf, None, 0
+        self.stale = max(0, epoch - 1 - self.best_epoch) if self.best_coef is not None else 0
 
 
 @dataclass
@@ -88,6 +273,17 @@ class MemoryPlan:
     max_block_elements: int
 
 
+#: Smallest Nystrom subsample a small memory budget scales the automatic one down to.
+MIN_SUBSAMPLE = 100
+
+
+def _plan_bytes(n: int, d: int, outputs: int, s: int, itemsize: int) -> tuple[int, int]:
+    """(fixed bytes, bytes per batch row) of the EigenPro 2 iteration (:func:`memory_plan`)."""
+    fixed = itemsize * (n * (2 * d + 4 * outputs + 1) + s * (s // 4 + 1)) + 16 * n
+    per_row = itemsize * (2 * n + s + d + 2 * outputs)
+    return fixed, per_row
+
+
 def memory_plan(
     n_centers: int,
     n_features: int,
@@ -100,24 +296,48 @@ def memory_plan(
     """Split ``memory_budget`` bytes between the fixed tensors and the kernel blocks.
 
     Fixed: centers and their fused form for the distance product (2 x n x d), coefficients,
-    targets and an epoch snapshot (3 x n x l), row
-    statistics (n) and the eigenvectors (at most s x s/4). Per batch row: a full row of the
-    kernel block plus a temporary (2n), its subsample columns (s) and the batch itself. On
-    the CPU the batch is also capped at :data:`CPU_MAX_BATCH`, beyond which GEMM gets no
-    faster.
+    targets, an epoch snapshot and the best epoch's coefficients (4 x n x l), the centers'
+    order (two int64 per center) and the eigenvectors (at most s x s/4). Per batch row: a
+    full row of the kernel block plus a temporary (2n), its subsample columns (s) and the
+    batch itself. On the CPU the batch is also capped at :data:`CPU_MAX_BATCH`, beyond which
+    GEMM gets no faster. Building the preconditioner comes first and is sized separately
+    (:func:`subsample_size_for_budget`).
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    fixed = itemsize * (
-        n_centers * (2 * n_features + 3 * n_outputs + 3)
-        + subsample_size * (subsample_size // 4 + 1)
-    )
+    fixed, per_row = _plan_bytes(n_centers, n_features, n_outputs, subsample_size, itemsize)
     free = max(memory_budget - fixed, 0)
-    per_row = itemsize * (2 * n_centers + subsample_size + n_features + 2 * n_outputs)
     batch = max(1, free // per_row)
     if device.type == "cpu":
         batch = min(batch, CPU_MAX_BATCH)
     block = max(2**16, free // (2 * itemsize))
     return MemoryPlan(max_batch_size=int(batch), max_block_elements=int(block))
+
+
+def budget_for_batch(
+    n_centers: int, n_features: int, n_outputs: int, subsample_size: int, dtype: torch.dtype,
+    batch_size: int,
+) -> int:  # fmt: skip
+    """The smallest ``memory_budget`` (bytes) for which :func:`memory_plan` allows batches of
+    ``batch_size`` rows."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    fixed, per_row = _plan_bytes(n_centers, n_features, n_outputs, subsample_size, itemsize)
+    return fixed + batch_size * per_row
+
+
+def subsample_size_for_budget(
+    n_centers: int, n_features: int, n_outputs: int, device: torch.device, dtype: torch.dtype,
+    memory_budget: int,
+) -> int:  # fmt: skip
+    """The automatic Nystrom subsample size (:func:`default_subsample_size`), made smaller
+    (down to :data:`MIN_SUBSAMPLE`) until building the preconditioner
+    (:func:`~eigenpro.preconditioner.setup_bytes`) fits in the budget beside the data."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    data = itemsize * n_centers * (n_features + n_outputs)
+    s = default_subsample_size(n_centers)
+    floor = min(n_centers, MIN_SUBSAMPLE)
+    while s > floor and data + setup_bytes(s, n_features, n_centers) > memory_budget:
+        s = max(floor, int(s * 0.9))
+    return s
 
 
 def predict(
@@ -161,6 +381,7 @@ def fit_eigenpro(
     n_iter_no_change: int | None = None,
     callback: Callable[[int, torch.Tensor, dict], dict | None] | None = None,
     verbose: int = 0,
+    no_exact_fit: str | None = None,
 ) -> FitResult:
     """Run the EigenPro 2 iteration with the training points as centers.
 
@@ -193,10 +414,18 @@ def fit_eigenpro(
         merged into the record, and ``"stop": True`` in it ends the fit.
     verbose : int
         0: silent; 1: a progress bar per epoch with the running loss.
+    no_exact_fit : str, optional
+        Why the problem has no exact fit, if known (see :class:`DivergenceGuard`).
 
     Returns
     -------
     FitResult
+
+    Raises
+    ------
+    DivergenceError
+        When the loss keeps diverging after the step was halved :data:`MAX_RETRIES` times
+        (each time the fit rolls back to the start of its best epoch, with a warning).
     """
     rng = np.random.default_rng() if rng is None else rng
     n, n_out = Y.shape
@@ -214,48 +443,38 @@ def fit_eigenpro(
     use_correction = preconditioner.n_components > 0
     coef = torch.zeros(n, n_out, dtype=X.dtype, device=device)
     zero_loss = max(float(Y.pow(2).sum()) / (n * n_out), 1e-30)  # loss of the zero model
-    reference = zero_loss
     sync_every = _sync_every(device)
+    eta = check_step_size(step_size, batch_size, X.dtype)
 
-    result = FitResult(coef=coef, batch_size=batch_size, step_size=step_size)
-    best_score, best_coef, stale = -math.inf, None, 0
-    eta = float(step_size)
+    def training_loss(coef_now: torch.Tensor, rows: torch.Tensor) -> float:
+        """Mean squared residual of ``coef_now`` on training ``rows``."""
+        residual = predict(
+            kernel, X[rows], None, coef_now, max_block_elements=max_block_elements,
+            prepared=prepared,
+        ).sub_(Y[rows])  # fmt: skip
+        if ridge:
+            residual.add_(coef_now[positions[rows]], alpha=ridge)
+        return float(residual.pow(2).sum(dtype=torch.float64)) / residual.numel()
 
-    # Divergence recovery: `good` holds the coefficients at the start of the latest epoch whose
-    # running loss improved on its predecessor's; a diverged epoch rolls back to it.
-    good, good_reference = coef.clone(), reference
-    for epoch in range(1, n_epochs + 1):
-        for attempt in range(MAX_RETRIES + 1):
-            start = time.perf_counter()
-            loss_limit = DIVERGENCE_FACTOR * max(reference, NOISE_FLOOR * zero_loss)
-            snapshot = coef.clone()
-            loss, ok = _run_epoch(
-                kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction,
-                batch_size, eta, ridge, rng, max_block_elements, loss_limit, sync_every,
-                epoch, n_epochs, verbose,
-            )  # fmt: skip
-            if ok:
-                break
-            if attempt == MAX_RETRIES:
-                raise DivergenceError(
-                    f"EigenPro diverged in epoch {epoch} even with the step size reduced "
-                    f"{MAX_RETRIES} times (to {eta:.3g}). The kernel may not be positive "
-                    "definite, or the data may need scaling; try a smaller step_size or "
-                    "batch_size, or a larger subsample_size."
-                )
-            warnings.warn(
-                f"EigenPro diverged in epoch {epoch} (loss {loss:.3g}); rolling back to the last "
-                f"improving epoch and retrying with the step size halved to {eta / 2:.3g}.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            coef.copy_(good)
-            reference = good_reference
-            eta /= 2
-        if loss <= reference:
-            good, good_reference = snapshot, reference
-        reference = loss
+    positions = torch.empty_like(order)
+    positions[order] = torch.arange(n, device=device)  # position of each training row in coef
+    check_rows = torch.as_tensor(final_check_rows(n), device=device)
+    check_zero_loss = max(float(Y[check_rows].double().pow(2).mean()), 1e-30)
+
+    result = FitResult(coef=coef, batch_size=batch_size, step_size=eta)
+    guard = DivergenceGuard([coef], zero_loss, no_exact_fit)
+    tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
+    epoch = 1
+    while epoch <= n_epochs:
+        guard.start_epoch()
+        start = time.perf_counter()
+        loss, finished = _run_epoch(
+            kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction,
+            batch_size, eta, ridge, rng, max_block_elements, guard.loss_limit, sync_every,
+            epoch, n_epochs, verbose,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
+        problem = guard.problem(loss, finished)
         record = {
             "epoch": epoch,
             "train_loss": loss,
@@ -264,22 +483,27 @@ def fit_eigenpro(
             "step_size": eta,
         }
         stop = False
-        if validation is not None:
+        if problem is None and tracker is not None:
             X_val, score_fn = validation
             pred = predict(
                 kernel, X_val, None, coef, max_block_elements=max_block_elements, prepared=prepared
             )
-            score = float(score_fn(pred))
-            record["val_score"] = score
-            if score > best_score:
-                best_score, best_coef, stale = score, coef.clone(), 0
-                result.best_epoch = epoch
-            else:
-                stale += 1
-                if n_iter_no_change is not None and stale >= n_iter_no_change:
-                    stop = True
-        else:
-            result.best_epoch = epoch
+            record["val_score"] = float(score_fn(pred))
+            stop = tracker.update(epoch, record["val_score"], coef)
+        if problem is None and (stop or epoch == n_epochs):
+            returned = coef if tracker is None or tracker.best_coef is None else tracker.best_coef
+            final_loss = training_loss(returned, check_rows)
+            problem = guard.final_problem(final_loss, check_zero_loss, loss)
+        if problem is not None:
+            resume = guard.roll_back(problem, eta, epoch)
+            eta /= 2
+            guard.warn(problem, resume, eta)
+            del result.history[resume - 1 :]
+            if tracker is not None:
+                tracker.forget_from(resume)
+            epoch = resume
+            continue
+        guard.accept(epoch, loss)
         if callback is not None:
             record.update(callback(epoch, _training_order(coef, order), dict(record)) or {})
             stop = stop or bool(record.get("stop"))
@@ -287,12 +511,38 @@ def fit_eigenpro(
         result.n_epochs = epoch
         if stop:
             break
+        epoch += 1
 
-    if best_coef is not None:
-        coef = best_coef
+    result.best_epoch = result.n_epochs
+    if tracker is not None and tracker.best_coef is not None:
+        coef, result.best_epoch = tracker.best_coef, tracker.best_epoch
     result.coef = _training_order(coef, order)
     result.step_size = eta
     return result
+
+
+def final_check_rows(n: int) -> np.ndarray:
+    """Sorted training rows on which the returned coefficients' loss is checked: all of them
+    for small data, else :data:`FINAL_CHECK_ROWS` fixed ones (drawn with their own seed, so
+    that the check never changes a fit's batches)."""
+    if n <= FINAL_CHECK_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(n).choice(n, size=FINAL_CHECK_ROWS, replace=False))
+
+
+def check_step_size(step_size: float, batch_size: int, dtype: torch.dtype) -> float:
+    """The step as a float, rejecting one whose per-point rate ``eta / m`` the training dtype
+    cannot even represent."""
+    eta = float(step_size)
+    if not (math.isfinite(eta) and eta > 0):
+        raise ValueError(f"step_size must be a positive finite number; got {step_size!r}")
+    if eta / batch_size >= torch.finfo(dtype).max:
+        raise ValueError(
+            f"step_size={eta:g} is too large for {str(dtype).removeprefix('torch.')}: the "
+            "update's rate step_size / "
+            f"batch_size overflows it. Use step_size='auto' (the largest stable step)."
+        )
+    return eta
 
 
 def _subsample_first(sub_idx: torch.Tensor, n: int) -> torch.Tensor:

@@ -266,3 +266,34 @@ def test_tiny_bandwidth_gives_zeros_off_the_diagonal_never_nan():
         assert torch.isfinite(block).all() and (block >= 0).all() and (block <= 1).all()
         off = block - torch.diag(block.diagonal())
         assert float(off.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_out", [1, 3, 10, 17])
+@pytest.mark.parametrize(
+    "kernel", [GaussianKernel(1.5), LaplacianKernel(2.0), get_kernel("poly", degree=2),
+               get_kernel("linear")], ids=lambda k: k.name,
+)  # fmt: skip
+@pytest.mark.parametrize("d", [5, 6])
+def test_row_invariant_products_do_not_depend_on_the_other_rows(dtype, n_out, kernel, d):
+    """``row_invariant=True``: each row of K(X, Z) W is bit-identical whether computed alone,
+    in any batch, or in a random subset (the predictions' contract)."""
+    rng = np.random.default_rng(8)
+    X = torch.tensor(rng.normal(size=(90, d)), dtype=dtype)
+    Z = torch.tensor(rng.normal(size=(700, d)), dtype=dtype)
+    W = torch.tensor(rng.normal(size=(700, n_out)), dtype=dtype)
+    centers = kernel.prepare(Z)
+
+    def product(rows):
+        return kernel_matmul(kernel, rows, None, W, prepared=centers, row_invariant=True,
+                             max_block_elements=40 * 700)  # fmt: skip
+
+    full = product(X)
+    alone = torch.cat([product(X[i : i + 1]) for i in range(len(X))])
+    assert torch.equal(alone, full)
+    for m in [2, 5, 17, 33, 61]:
+        assert torch.equal(product(X[:m]), full[:m])
+    subset = torch.as_tensor(rng.permutation(len(X))[:29])
+    assert torch.equal(product(X[subset]), full[subset])
+    dense = kernel(X, Z) @ W
+    torch.testing.assert_close(full, dense, rtol=1e-5, atol=1e-4)

@@ -83,20 +83,24 @@ def test_step_size_formula(problem):
     assert pre.step_size(int(m_crit) + 1) == pytest.approx(pre.step_size(int(m_crit)), rel=0.05)
 
 
-def test_auto_components_match_the_batch_budget(problem):
+def test_auto_components_reach_the_batch_budget_with_the_fewest_components(problem):
+    """n_components="auto": the fewest q whose critical batch reaches the largest batch the
+    budget allows, so batches are that large and take the linear-scaling step m / beta."""
     kernel, X, K = problem
     for max_batch in [20, 60, 200]:
         pre = _build(kernel, X, subsample_size=400, max_batch_size=max_batch)
-        assert pre.critical_batch_size <= max_batch
-        bigger = _build(
-            kernel,
-            X,
-            n_components=pre.n_components + 1,
-            subsample_size=400,
-            max_batch_size=max_batch,
-        )
-        assert bigger.critical_batch_size > max_batch
-        assert pre.auto_batch_size(max_batch, 400) == int(pre.critical_batch_size)
+        q = pre.n_components
+        assert pre.critical_batch_size >= max_batch
+        assert pre.auto_batch_size(max_batch, 400) == max_batch
+        assert pre.step_size(max_batch) == pytest.approx(STEP_SAFETY * max_batch / pre.beta)
+        if q:  # one component fewer would not reach it
+            fewer = _build(kernel, X, n_components=q - 1, subsample_size=400,
+                           max_batch_size=max_batch)  # fmt: skip
+            assert fewer.critical_batch_size < max_batch
+            assert float(pre.critical_batches[q - 1]) == pytest.approx(fewer.critical_batch_size)
+    # A budget beyond every critical batch takes the most components the dtype resolves.
+    roomy = _build(kernel, X, subsample_size=400, max_batch_size=10**9)
+    assert roomy.n_components == len(roomy.critical_batches) - 1
 
 
 def test_ridge_shifts_the_spectrum(problem):

@@ -1,9 +1,14 @@
 """Numerical robustness on features real data have: offsets, extreme scales, degenerate fits."""
 
+import warnings
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
+import torch
 
-from eigenpro import EigenProRegressor
+from eigenpro import DivergenceError, EigenProRegressor, preconditioner
+from eigenpro.solver import DivergenceGuard
 
 RADIAL = [("gaussian", None), ("laplacian", None), ("cauchy", None), ("matern", {"nu": 1.5})]
 
@@ -62,3 +67,218 @@ def test_extreme_feature_scales_with_the_automatic_bandwidth(offset_problem, sca
     reference = EigenProRegressor(**params).fit(X[:400], y[:400]).score(X[400:], y[400:])
     model = EigenProRegressor(**params).fit(X[:400] * scale, y[:400])
     assert model.score(X[400:] * scale, y[400:]) == pytest.approx(reference, abs=0.02)
+
+
+# ---------------------------------------------------------------- divergence
+SLOW_CASES = [(30, 50, 2), (40, 50, 4), (49, 50, 10)]
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(200, 4))
+    return X, np.sin(3 * X[:, 0]) + X[:, 1] ** 2
+
+
+@pytest.mark.parametrize("q, s, epochs", SLOW_CASES)
+def test_small_subsample_settings_fit_instead_of_diverging_slowly(small_problem, q, s, epochs):
+    """On main these returned training R^2 -1.1, 0.30 and -3.0 without a word (steps too
+    large for directions a 50-point subsample misses); the step is now measured on the 150
+    points outside the subsample."""
+    X, y = small_problem
+    with pytest.warns(RuntimeWarning, match="more than a quarter of subsample_size"):
+        model = EigenProRegressor(n_components=q, subsample_size=s, n_epochs=epochs,
+                                  random_state=0).fit(X, y)  # fmt: skip
+    assert model.score(X, y) > 0.6
+
+
+@pytest.mark.parametrize("q, s, epochs", SLOW_CASES)
+def test_slow_divergence_is_caught_and_rolled_back(small_problem, monkeypatch, q, s, epochs):
+    """Without the probe measurement the same settings diverge by 1.1-1.9x per epoch, under
+    the 2x test: the guard sees the rise, rolls back and halves the step."""
+    monkeypatch.setattr(preconditioner, "MIN_CALIBRATION_PROBES", 10**9)
+    X, y = small_problem
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = EigenProRegressor(n_components=q, subsample_size=s, n_epochs=max(epochs, 6),
+                                  random_state=0).fit(X, y)  # fmt: skip
+    assert model.score(X, y) > 0.5
+    assert any("rolling back" in str(w.message) for w in caught)
+
+
+def test_step_just_above_stability_never_returns_a_diverged_model(small_problem):
+    """Full-batch gradient descent with 1.2x the largest stable step: the loss grows 1.96x per
+    epoch, just under the 2x test; on main the fit returned R^2 far below 0."""
+    X, y = small_problem
+    n = len(X)
+    probe = EigenProRegressor(n_components=0, batch_size=n, n_epochs=1, dtype="float64",
+                              random_state=0).fit(X, y)  # fmt: skip
+    step = 2.4 / probe.top_eigenvalue_  # stable up to 2 / lambda_1
+    with pytest.warns(RuntimeWarning, match="rolling back"):
+        model = EigenProRegressor(n_components=0, batch_size=n, step_size=step, n_epochs=12,
+                                  dtype="float64", random_state=0).fit(X, y)  # fmt: skip
+    assert model.score(X, y) > 0
+    assert model.step_size_ < 2 / probe.top_eigenvalue_
+
+
+def test_non_symmetric_callable_kernel_is_rejected(small_problem):
+    """On main: three divergence warnings, then a model with R^2 -1.8."""
+    X, y = small_problem
+
+    def skewed(A, B):
+        return torch.exp(-torch.cdist(A, B)) + 0.3 * A[:, :1]
+
+    with pytest.raises(ValueError, match="not symmetric"):
+        EigenProRegressor(kernel=skewed, n_epochs=3, random_state=0).fit(X, y)
+
+
+def test_hopeless_divergence_names_the_likely_cause(small_problem):
+    X, y = small_problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(DivergenceError, match="Likely cause: step_size=1e\\+12"):
+            EigenProRegressor(step_size=1e12, n_epochs=3, random_state=0).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["constant-X", "duplicates", "bandwidth-1e12"],
+)
+def test_problems_without_an_exact_fit_say_so(small_problem, case):
+    X, y = small_problem
+    params = dict(n_epochs=10, random_state=0)
+    if case == "constant-X":
+        X = np.ones_like(X)
+    elif case == "duplicates":
+        X = np.vstack([X[:100], X[:100]])
+        y = np.r_[y[:100], y[:100] + 1.0]
+    else:
+        params["bandwidth"] = 1e12
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = EigenProRegressor(**params).fit(X, y)
+    messages = [str(w.message) for w in caught]
+    assert any("no exact fit" in m for m in messages)
+    assert not any("diverge" in m for m in messages)
+    residual = model.predict(X) - y
+    assert np.mean(residual**2) <= np.mean(y**2)  # never worse than the zero model
+
+
+def test_guard_rolls_back_to_the_start_of_the_best_epoch():
+    coef = torch.zeros(3)
+    guard = DivergenceGuard([coef], zero_loss=1.0)
+    starts = {}
+    for epoch, loss in enumerate([0.5, 0.4, 0.45], start=1):
+        guard.start_epoch()
+        starts[epoch] = coef.clone()
+        assert guard.problem(loss, finished=True) is None
+        guard.accept(epoch, loss)
+        coef += 1.0  # the epoch's updates
+    guard.start_epoch()
+    problem = guard.problem(0.55, finished=True)  # 1.375x the best (0.4, epoch 2)
+    assert "rose from 0.4 (epoch 2)" in problem
+    assert guard.roll_back(problem, step_size=1.0, epoch=4) == 2
+    torch.testing.assert_close(coef, starts[2])
+    # Above the zero model, or non-finite, or cut short: always a problem.
+    assert "zero model" in guard.problem(1.1, finished=True)
+    assert "nan" in guard.problem(float("nan"), finished=True)
+    assert "2x" in guard.problem(0.3, finished=False)
+    # A returned iterate worse than the zero model on the check rows is refused.
+    assert guard.final_problem(1.2, zero_loss=1.0, last_loss=0.5) is not None
+    assert guard.final_problem(0.4, zero_loss=1.0, last_loss=0.5) is None
+
+
+def test_guard_gives_up_after_repeated_roll_backs_without_progress():
+    coef = torch.zeros(2)
+    guard = DivergenceGuard([coef], zero_loss=1.0)
+    guard.start_epoch()
+    with pytest.raises(DivergenceError, match="halved 4 times"):
+        for _ in range(10):
+            guard.roll_back("the training loss became nan", step_size=1.0, epoch=1)
+
+
+# ---------------------------------------------------------------- atomic fits
+def _fitted_state(model):
+    return {k: v for k, v in vars(model).items() if k.endswith("_") and not k.startswith("_")}
+
+
+def _assert_same_state(before, after):
+    assert set(before) == set(after)
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(after[key], value)
+        else:
+            assert after[key] is value or after[key] == value, key
+
+
+@pytest.mark.parametrize("failure", ["error", "keyboard-interrupt"])
+def test_failed_or_interrupted_refit_leaves_the_estimator_as_it_was(small_problem, failure):
+    """On main a refit that raised kept n_features_in_ of the new data beside centers_ of the
+    old fit: predict then failed inside torch."""
+    X, y = small_problem
+    model = EigenProRegressor(n_epochs=2, random_state=0).fit(X, y)
+    before, expected = _fitted_state(model), model.predict(X)
+    X_new = np.random.default_rng(1).normal(size=(30, 3))
+    if failure == "error":
+        model.set_params(subsample_size=100)  # more than the 30 new rows
+        with pytest.raises(ValueError, match="subsample_size"):
+            model.fit(X_new, y[:30])
+    else:
+        calls = []
+
+        def interrupting(A, B):
+            calls.append(1)
+            if len(calls) > 3:
+                raise KeyboardInterrupt
+            return torch.exp(-(torch.cdist(A, B) ** 2))
+
+        model.set_params(kernel=interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(X_new, y[:30])
+    _assert_same_state(before, _fitted_state(model))
+    model.set_params(kernel="gaussian", subsample_size="auto")
+    np.testing.assert_array_equal(model.predict(X), expected)
+
+
+def test_refit_on_the_other_path_leaves_no_stale_attributes(small_problem):
+    X, y = small_problem
+    model = EigenProRegressor(n_epochs=2, n_centers=50, random_state=0).fit(X, y)
+    assert hasattr(model, "inner_params_") and hasattr(model, "world_size_")
+    model.set_params(n_centers=None).fit(X, y)
+    assert not hasattr(model, "inner_params_") and not hasattr(model, "world_size_")
+    assert model.n_centers_ == len(X)
+
+
+# ---------------------------------------------------------------- batch invariance
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("path", [{}, {"n_centers": 60}], ids=["eigenpro2", "n_centers"])
+def test_a_row_predicted_alone_equals_it_predicted_in_a_batch(small_problem, dtype, path):
+    """Bit for bit on the CPU: the same tiles and never fewer than 16 rows per product."""
+    X, y = small_problem
+    model = EigenProRegressor(n_epochs=3, dtype=dtype, random_state=0, **path).fit(X, y)
+    X_test = np.random.default_rng(2).uniform(-1, 1, size=(37, 4))
+    batch = model.predict(X_test)
+    one_by_one = np.concatenate([model.predict(X_test[i : i + 1]) for i in range(len(X_test))])
+    np.testing.assert_array_equal(one_by_one, batch)
+    subset = np.random.default_rng(3).permutation(len(X_test))[:11]
+    np.testing.assert_array_equal(model.predict(X_test[subset]), batch[subset])
+
+
+# ---------------------------------------------------------------- clear errors
+def test_errors_name_the_problem(small_problem, monkeypatch):
+    X, y = small_problem
+    with pytest.raises(ValueError, match="step_size=1e\\+300 is too large for float32"):
+        EigenProRegressor(step_size=1e300, n_epochs=1).fit(X, y)
+    with pytest.raises(TypeError, match="returned NoneType"):
+        EigenProRegressor(kernel=lambda A, B: None, n_epochs=1).fit(X, y)
+    with pytest.raises(TypeError, match="sparse.*toarray"):
+        EigenProRegressor(n_epochs=1).fit(X, sp.csr_matrix(y.reshape(-1, 1)))
+    # A NaN in an eval_set target is found before any training, and named.
+    from eigenpro import estimators
+
+    monkeypatch.setattr(estimators, "fit_eigenpro", None)  # training would fail differently
+    bad = np.where(y > 0, np.nan, y)
+    with pytest.raises(ValueError, match=r"eval_set\[1\]: Input y contains NaN"):
+        EigenProRegressor(n_epochs=1).fit(X, y, eval_set=[(X, y), (X, bad)])
+    with pytest.raises(ValueError, match=r"eval_set\[0\]: Input X contains infinity"):
+        EigenProRegressor(n_epochs=1).fit(X, y, eval_set=[(np.where(X > 0.9, np.inf, X), y)])
