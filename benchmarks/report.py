@@ -208,6 +208,70 @@ def scale_mnist_section(data: dict) -> list[str]:
     return out + [""]
 
 
+def robustness_section(data: dict, before: dict | None) -> list[str]:
+    """Offsets, scales, slow divergence and memory budgets, before and after issue 9."""
+    res = data["results"]
+    old = before["results"] if before else {}
+
+    def r2(run):
+        if run is None:
+            return ""
+        if "error" in run:
+            return run["error"].split(":")[0]
+        return f"{run['r2']:.3f}"
+
+    out = ["### Robustness: offsets, scales, slow divergence, memory budgets", "",
+           f"Measured on: {_machine(data)} (`benchmarks/robustness.py`; 'before': "
+           f"eigenpro {before['versions'].get('eigenpro_commit') if before else 'n/a'})."
+           " Held-out R^2 of `EigenProRegressor(bandwidth=2, n_epochs=5)`, float32, 400 x 4 "
+           "normal features shifted by a common offset, y = sin(x0) + 0.1 x1:", ""]  # fmt: skip
+    offsets = [k for k in res["offsets"]["gaussian"]]
+    out += ["| kernel | " + " | ".join(f"offset {o}" for o in offsets) + " |",
+            "|---" * (len(offsets) + 1) + "|"]  # fmt: skip
+    for kernel, runs in res["offsets"].items():
+        if not kernel.endswith("min_max"):
+            before_runs = old.get("offsets", {}).get(kernel, {})
+            cells = [f"{r2(runs[o])} (was {r2(before_runs.get(o))})" for o in offsets]
+            out.append(f"| {kernel} | " + " | ".join(cells) + " |")
+    real = res.get("real_world", {})
+    if real:
+        prev = old.get("real_world", {})
+        out += ["", "Raw real-world columns against the same data centred by hand (held-out R^2, "
+                "automatic bandwidth): " + "; ".join(
+                    f"{k.replace('_', ' ')}: {r2(v)} (was {r2(prev.get(k))})"
+                    for k, v in real.items()) + "."]  # fmt: skip
+    scales = res.get("scales", {})
+    if scales:
+        out += ["", "Features scaled by a factor (automatic bandwidth), held-out R^2:", "",
+                "| path | " + " | ".join(f"x {k}" for k in scales["eigenpro2"]) + " |",
+                "|---" * (len(scales["eigenpro2"]) + 1) + "|"]  # fmt: skip
+        for path, runs in scales.items():
+            prev = old.get("scales", {}).get(path, {})
+            out.append(f"| {path} | " + " | ".join(
+                f"{r2(runs[k])} (was {r2(prev.get(k))})" for k in runs) + " |")  # fmt: skip
+    slow = res.get("slow_divergence", {})
+    if slow:
+        prev = old.get("slow_divergence", {})
+        out += ["", "Small Nystrom subsample (200 points), training R^2: " + "; ".join(
+            f"{k}: {r2(v)} (was {r2(prev.get(k))})" for k, v in slow.items()) + "."]  # fmt: skip
+    memory = res.get("memory", [])
+    if memory:
+        prev = {r["memory_gb"]: r for r in old.get("memory", [])}
+        out += ["", "`memory_gb` at n = 20000, d = 100 (one epoch, a fresh process each; torch "
+                "and BLAS add about 20 MiB of buffers on first use):", "",
+                "| memory_gb | peak RSS growth MiB | q | subsample | batch | s | before: MiB, q, "
+                "batch, s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in memory:
+            p = prev.get(r["memory_gb"])
+            was = (f"{p['peak_growth_mib']:.0f}, {p['n_components']}, {p['batch_size']}, "
+                   f"{p['seconds']:.1f}" if p else "")  # fmt: skip
+            out.append(
+                f"| {r['memory_gb']} | {r['peak_growth_mib']:.0f} | {r['n_components']} | "
+                f"{r['subsample_size']} | {r['batch_size']} | {r['seconds']:.1f} | {was} |"
+            )
+    return out + [""]
+
+
 def _cell(v):
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -224,6 +288,7 @@ def build() -> str:
         ("sgd_vs_eigenpro", sgd_section),
         ("scale", scale_section),
         ("scale_mnist", scale_mnist_section),
+        ("robustness", lambda d: robustness_section(d, _load("robustness_before"))),
     ]
     for name, render in sections:
         data = _load(name)

@@ -64,6 +64,7 @@ from .solver import (
     check_step_size,
     final_check_rows,
     running_loss_ok,
+    subsample_size_for_budget,
 )
 from .streaming import HostData
 
@@ -400,8 +401,13 @@ def _check_inner(inner: dict | None) -> dict:
     return inner
 
 
-def _subsample(value, p: int, name: str) -> int:
-    s = default_subsample_size(p) if value == "auto" else int(value)
+def _subsample(value, p: int, name: str, sized: int | None = None) -> int:
+    """The requested subsample size, or the automatic one (``sized``: already fitted to the
+    memory budget)."""
+    if value == "auto":
+        s = default_subsample_size(p) if sized is None else sized
+    else:
+        s = int(value)
     if not 1 <= s <= p:
         raise ValueError(f"{name}={s} must be between 1 and the number of centers ({p})")
     return s
@@ -600,9 +606,11 @@ def fit_eigenpro3(
     if method == "cholesky" and comm.is_distributed:
         raise ValueError("inner method 'cholesky' cannot shard the centers; use 'eigenpro'")
 
-    s_out = _subsample(subsample_size, p, "subsample_size")
-    s_in = _subsample(inner["subsample_size"], p, "inner subsample_size")
     budget = memory_budget - (2 * p * p * itemsize if method == "cholesky" else 0)
+    # Building a preconditioner must fit in the budget beside the local centers.
+    sized = subsample_size_for_budget(p, d, n_out, device, dtype, budget)
+    s_out = _subsample(subsample_size, p, "subsample_size", sized)
+    s_in = _subsample(inner["subsample_size"], p, "inner subsample_size", sized)
     plan = memory_plan3(hi - lo, d, n_out, s_out, s_in, device, dtype, budget)
     shard = _Shard(kernel, centers, lo, hi, n_out, device, dtype, comm, plan.max_block_elements)
 
