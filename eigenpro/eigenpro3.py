@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import Communicator
-from .kernels import Kernel, kernel_matmul
+from .kernels import FEATURE_MULTIPLE, Kernel, kernel_matmul
 from .preconditioner import (
     BETA_PROBES,
     EigenProPreconditioner,
@@ -127,17 +127,20 @@ def memory_plan3(
 ) -> MemoryPlan3:
     """Split ``memory_budget`` bytes between the model and one batch.
 
-    Fixed: the local centers (p_r x d), ``theta``, ``b``, their epoch snapshots and the best
-    epoch's ``theta`` (5 p_r l), row statistics, ``K(Z_r, X_S) E`` (p_r x q) and both
-    preconditioners (s x (q + d)). Per batch row: a row of the kernel block and a temporary
-    (2 p_r), the batch, its targets and residual, and its projections on both eigenbases.
+    Fixed: the local centers and their prepared form (p_r x (d + d + 2), the second rounded
+    up to a multiple of :data:`~eigenpro.kernels.FEATURE_MULTIPLE`), ``theta``, ``b``, their
+    snapshots at the start of the epoch and of the best epoch and the best validated ``theta``
+    (7 p_r l), ``K(Z_r, X_S) E`` (p_r x q) and both preconditioners (s x (q + d)). Per batch
+    row: a row of the kernel block and a temporary (2 p_r), the batch, its targets and
+    residual, and its projections on both eigenbases.
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
     q_out = default_max_components(subsample_size) + 1
     q_in = default_max_components(inner_subsample_size) + 1
     p = n_local_centers
+    fused = -(-(n_features + 2) // FEATURE_MULTIPLE) * FEATURE_MULTIPLE
     fixed = itemsize * (
-        p * (n_features + 5 * n_outputs + 1 + q_out)
+        p * (n_features + fused + 7 * n_outputs + q_out)
         + subsample_size * (q_out + n_features)
         + inner_subsample_size * (q_in + n_features)
     )
@@ -674,11 +677,14 @@ def fit_eigenpro3(
         shard.theta.copy_(saved)
         return float(residual.pow(2).sum(dtype=torch.float64)) / residual.numel()
 
-    guard = DivergenceGuard([shard.theta, shard.target], zero_loss, no_exact_fit)
     tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
+    guard = DivergenceGuard(
+        [shard.theta, shard.target], zero_loss, no_exact_fit, [tracker] if tracker else []
+    )
     epoch = 1
     while epoch <= n_epochs:
-        guard.start_epoch()
+        guard.start_epoch(epoch)
+        start_check = training_loss(shard.theta) if epoch == n_epochs else None
         start = time.perf_counter()
         loss, finished = _run_epoch(
             shard, data, targets, basis, lift, projector, m, eta, ridge, rng, guard.loss_limit,
@@ -700,24 +706,23 @@ def fit_eigenpro3(
             X_val, score_fn = validation
             record["val_score"] = float(score_fn(shard.predict(X_val)))
             stop = tracker.update(epoch, record["val_score"], shard.theta)
+        if problem is None and callback is not None:
+            record.update(callback(epoch, shard.predict) or {})
         if problem is None and (stop or epoch == n_epochs):
-            theta = shard.theta if tracker is None or tracker.best_coef is None else (
-                tracker.best_coef
-            )  # fmt: skip
-            problem = guard.final_problem(training_loss(theta), check_zero_loss, loss)
+            current = tracker is None or tracker.best_coef is None
+            theta = shard.theta if current else tracker.best_coef
+            problem = guard.final_problem(
+                training_loss(theta), check_zero_loss, start_check if current else None
+            )
         if problem is not None:
             resume = guard.roll_back(problem, eta, epoch)
             eta /= 2
             projector.step_size /= 2
             guard.warn(problem, resume, eta)
             del result.history[resume - 1 :]
-            if tracker is not None:
-                tracker.forget_from(resume)
             epoch = resume
             continue
         guard.accept(epoch, loss)
-        if callback is not None:
-            record.update(callback(epoch, shard.predict) or {})
         result.history.append(record)
         result.n_epochs = epoch
         if stop:

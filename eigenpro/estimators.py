@@ -38,6 +38,7 @@ from .distributed import get_communicator
 from .eigenpro3 import INNER_KEYS, fit_eigenpro3
 from .kernels import KERNELS, Kernel, RadialKernel, get_kernel
 from .preconditioner import (
+    PRECISION_FLOOR,
     build_preconditioner,
     default_max_components,
     default_subsample_size,
@@ -289,11 +290,9 @@ class _BaseEigenPro(BaseEstimator):
         )
         if self.batch_size == "auto":
             batch_size = precond.auto_batch_size(plan.max_batch_size, n)
-            self._warn_if_budget_binds(
-                precond, plan, batch_size, n, d, Y.shape[1], device, dtype, budget
-            )
         else:
             batch_size = min(int(self.batch_size), n)
+        self._warn_if_budget_binds(precond, n, d, Y.shape[1], device, dtype, plan, batch_size)
         step_size = (
             precond.step_size(batch_size) if self.step_size == "auto" else float(self.step_size)
         )
@@ -310,11 +309,12 @@ class _BaseEigenPro(BaseEstimator):
         callback = None
         if eval_scorers:
             eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
+            centers = kernel.prepare(X_t)  # once (training order, as the callback's coef)
 
             def callback(epoch: int, coef: torch.Tensor, record: dict) -> dict:
                 return _score_eval_sets(
                     eval_tensors,
-                    lambda Xe: predict(kernel, Xe, X_t, coef,
+                    lambda Xe: predict(kernel, Xe, None, coef, prepared=centers,
                                        max_block_elements=plan.max_block_elements),
                 )  # fmt: skip
 
@@ -337,7 +337,7 @@ class _BaseEigenPro(BaseEstimator):
                 no_exact_fit="; ".join(diagnosis.reasons) or None,
             )
         except DivergenceError as exc:
-            cause = self._likely_cause(precond, batch_size, dtype)
+            cause = self._likely_cause(precond, batch_size, dtype, diagnosis)
             raise DivergenceError(f"{exc} {cause}") from None
 
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
@@ -371,45 +371,44 @@ class _BaseEigenPro(BaseEstimator):
             return int(self.subsample_size)
         return subsample_size_for_budget(n, d, n_out, device, dtype, budget)
 
-    def _warn_if_budget_binds(self, precond, plan, batch, n, d, n_out, device, dtype, budget):
+    def _warn_if_budget_binds(self, precond, n, d, n_out, device, dtype, plan=None, batch=None):
         """Warn when ``memory_gb`` shrank the Nystrom subsample, forced plain SGD (q = 0), or
-        holds batches far below the critical batch size, and say what budget would not."""
+        holds batches far below the critical batch size, and say what budget would not
+        (``plan`` and ``batch``: the EigenPro 2 path's, None on the ``n_centers`` path)."""
         if self.memory_gb == "auto":
             return
         s = int(precond.subsample_indices.numel())
         s_default = default_subsample_size(n) if self.subsample_size == "auto" else s
-        roomy = memory_plan(n, d, n_out, s_default, device, dtype, 2**62).max_batch_size
-        binds = plan.max_batch_size < min(roomy, n)
         problems = []
         if s < s_default:
             problems.append(f"shrinks the Nystrom subsample to {s} points (default {s_default})")
-        if binds and precond.n_components == 0 and self.n_components == "auto":
-            problems.append(
-                f"leaves room for batches of {batch} points only, too few for any "
-                "preconditioning (q=0: plain kernel SGD)"
-            )
-        elif binds and BUDGET_WARNING_FACTOR * batch <= precond.critical_batch_size:
-            problems.append(
-                f"limits batches to {batch} points, far below the critical batch size "
-                f"{precond.critical_batch_size:.0f}"
-            )
-        if not problems:
-            return
-        wanted = int(min(roomy, n, max(batch, precond.critical_batch_size)))
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        needed = max(
-            budget_for_batch(n, d, n_out, s_default, dtype, wanted),
-            itemsize * n * (d + n_out) + setup_bytes(s_default, d, n),
-        )
-        warnings.warn(
-            f"memory_gb={self.memory_gb} " + " and ".join(problems) + ": the fit is right but "
-            f"converges more slowly per epoch or takes more, smaller steps. memory_gb="
-            f"{needed / 2**30:.2g} would not.",
-            UserWarning,
-            stacklevel=4,
-        )
+        needed = itemsize * n * (d + n_out) + setup_bytes(s_default, d, n)
+        if plan is not None:
+            roomy = memory_plan(n, d, n_out, s_default, device, dtype, 2**62).max_batch_size
+            binds = self.batch_size == "auto" and plan.max_batch_size < min(roomy, n)
+            if binds and precond.n_components == 0 and self.n_components == "auto":
+                problems.append(
+                    f"leaves room for batches of {batch} points only, too few for any "
+                    "preconditioning (q=0: plain kernel SGD)"
+                )
+            elif binds and BUDGET_WARNING_FACTOR * batch <= precond.critical_batch_size:
+                problems.append(
+                    f"limits batches to {batch} points, far below the critical batch size "
+                    f"{precond.critical_batch_size:.0f}"
+                )
+            wanted = int(min(roomy, n, max(batch, precond.critical_batch_size)))
+            needed = max(needed, budget_for_batch(n, d, n_out, s_default, dtype, wanted))
+        if problems:
+            warnings.warn(
+                f"memory_gb={self.memory_gb} " + " and ".join(problems) + ": the fit is right "
+                "but converges more slowly per epoch or takes more, smaller steps. "
+                f"memory_gb={needed / 2**30:.2g} would not.",
+                UserWarning,
+                stacklevel=4,
+            )
 
-    def _likely_cause(self, precond, batch_size, dtype: torch.dtype) -> str:
+    def _likely_cause(self, precond, batch_size, dtype: torch.dtype, diagnosis) -> str:
         """The likely cause of a divergence the solver could not recover from (``precond``:
         the EigenPro 2 preconditioner, None on the ``n_centers`` path)."""
         if self.step_size != "auto":
@@ -432,9 +431,23 @@ class _BaseEigenPro(BaseEstimator):
                 f"Likely cause: n_components={q} is too many for "
                 f"subsample_size={s}; use fewer components or a larger subsample."
             )
-        if dtype == torch.float32:
+        if not diagnosis.exact_fit:
+            return (
+                f"Likely cause: the data have no exact fit ({'; '.join(diagnosis.reasons)}) and "
+                "the noise of the stochastic steps kept the loss above the zero model's; set "
+                "alpha > 0 or a smaller step_size."
+            )
+        if (
+            precond is not None
+            and dtype == torch.float32
+            and precond.n_components
+            and (precond.tail_eigenvalue / precond.top_eigenvalue < 10 * PRECISION_FLOOR[dtype])
+        ):
             return "Likely cause: float32 round-off at this step size; try dtype='float64'."
-        return "Check the data for extreme values, or set a smaller step_size."
+        return (
+            "The kernel matrix may be too ill-conditioned for this step; try alpha > 0 (ridge), "
+            "a smaller step_size, or dtype='float64'."
+        )
 
     def _set_solver_attributes(self, precond, subsample_size: int, result, device) -> None:
         """The fitted attributes both paths share: what the solver chose and did."""
@@ -493,9 +506,11 @@ class _BaseEigenPro(BaseEstimator):
             sample = np.sort(check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False))
         rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
         kernel, bandwidth = self._make_kernel(rows, seed)
+        # A constant sample proves a single distinct row only when it is the whole data.
+        single = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0)
         diagnosis = diagnose(
-            kernel, rows, dtype, bandwidth_fixed=self.bandwidth != "auto",
-            single_row=bool(np.ptp(rows, axis=0).max() == 0), ridge=float(self.alpha),
+            kernel, rows, dtype, bandwidth_fixed=self.bandwidth != "auto", single_row=single,
+            ridge=float(self.alpha),
         )  # fmt: skip
 
         if isinstance(self.n_centers, Integral):
@@ -560,9 +575,12 @@ class _BaseEigenPro(BaseEstimator):
                 no_exact_fit="; ".join(reasons) or None,
             )
         except DivergenceError as exc:
-            raise DivergenceError(f"{exc} {self._likely_cause(None, None, dtype)}") from None
+            cause = self._likely_cause(None, None, dtype, diagnosis)
+            raise DivergenceError(f"{exc} {cause}") from None
 
         precond = result.preconditioner
+        self._warn_if_budget_binds(precond, int(centers.shape[0]), data.n_features,
+                                   Y.shape[1], device, dtype)  # fmt: skip
         self.centers_ = centers.numpy()
         self.dual_coef_ = result.coef.numpy()
         self.n_centers_ = int(centers.shape[0])

@@ -77,7 +77,7 @@ def _sq_norms(X: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PreparedCenters:
     """Fixed centers in the form a kernel evaluates blocks against (:meth:`Kernel.prepare`).
 
@@ -175,10 +175,11 @@ class RadialKernel(Kernel):
     centers are shifted by their float64 mean ``o`` and divided by the bandwidth once,
     ``v = (z - o) / h``, and augmented to ``[v, 1, c |v|^2]``; each block of points to
     ``[-2c u, c |u|^2, 1]`` with ``u = (x - o) / h``; their product is ``c |u - v|^2`` and the
-    profile is applied in place (Gaussian: one ``exp_``). Shifting keeps ``|u|^2 + |v|^2 -
-    2 u.v`` from cancelling when features are large against their spread (distances are
-    translation invariant), and working in bandwidth units keeps every intermediate near 1
-    whatever the features' scale (1e-20 or 1e20 alike).
+    profile is applied in place (Gaussian: a clamp and an ``exp_`` over the cached tile).
+    Subclasses' :meth:`profile_` receive ``c |u - v|^2`` in bandwidth units. Shifting keeps
+    ``|u|^2 + |v|^2 - 2 u.v`` from cancelling when features are large against their spread
+    (distances are translation invariant), and working in bandwidth units keeps every
+    intermediate near 1 whatever the features' scale (1e-20 or 1e20 alike).
     """
 
     #: The factor ``c`` of the fused product ``c |u - v|^2``.
@@ -542,6 +543,8 @@ def kernel_matmul(
         else:
             n_kept = keep_columns.numel()
         kept = torch.empty(m, n_kept, dtype=X.dtype, device=X.device)
+    if m == 0:
+        return out if kept is None else (out, kept)
     sized_for = INVARIANT_TILE_ROWS if row_invariant else m
     rows, cols = _tile_shape(m, p, max_block_elements, X.device, sized_for)
     multiple = 1

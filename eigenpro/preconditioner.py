@@ -274,8 +274,9 @@ def build_preconditioner(
     centers : Tensor of shape (p, d)
         The model's centers (the training points for EigenPro 2).
     n_components : "auto" or int
-        q. ``"auto"`` takes the largest q (up to :func:`default_max_components`) whose critical
-        batch size ``beta / lambda_{q+1}`` does not exceed ``max_batch_size``; 0 gives plain SGD.
+        q. ``"auto"``: :func:`auto_components`, the fewest components whose critical batch
+        size ``beta / lambda_{q+1}`` reaches ``max_batch_size``, or the most available (up to
+        :func:`default_max_components` and what the dtype resolves); 0 gives plain SGD.
     subsample_size : "auto" or int
         s, the Nystrom subsample size (:func:`default_subsample_size`).
     max_batch_size : int

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .kernels import Kernel, PreparedCenters, kernel_matmul
+from .kernels import FEATURE_MULTIPLE, Kernel, PreparedCenters, kernel_matmul
 from .preconditioner import EigenProPreconditioner, default_subsample_size, setup_bytes
 
 __all__ = [
@@ -48,13 +48,17 @@ __all__ = [
 DIVERGENCE_FACTOR = 2.0
 #: ... but growth below this fraction of the zero model's loss is read as noise, not divergence.
 NOISE_FLOOR = 1e-3
-#: A completed epoch whose running loss exceeds the best epoch's by this factor shows a fit
-#: that diverges slowly (growth of 1.1-1.9x per epoch escapes the 2x test for several epochs).
+#: A completed epoch whose running loss exceeds the best epoch's (or the zero model's) by this
+#: factor shows a fit that diverges slowly (growth of 1.1-1.9x per epoch escapes the 2x test
+#: for several epochs). The slack leaves room for the noise of constant-step SGD.
 RISE_FACTOR = 1.25
-#: Slack of the per-epoch comparison with the zero model's loss.
-ZERO_MODEL_SLACK = 1.01
-#: Roll-backs without an improving epoch in between before the fit gives up.
+#: The returned coefficients' loss on the check rows may exceed the zero model's by this
+#: factor at most (round-off and sampling; a problem whose best fit is about zero).
+FINAL_SLACK = 1.01
+#: Roll-backs without a new lowest epoch loss in between, and in all (the step then being
+#: a millionth of the initial one), before the fit gives up.
 MAX_RETRIES = 4
+MAX_ROLL_BACKS = 20
 #: Training rows on which the loss of the returned coefficients is measured at the end.
 FINAL_CHECK_ROWS = 1000
 #: Batch-size cap on the CPU, where larger batches buy no speed (GEMM is saturated well below).
@@ -69,9 +73,11 @@ class DivergenceGuard:
     """Epoch-level divergence detection and roll-back, shared by the EigenPro 2 and 3 loops.
 
     A fit diverges when an epoch's running loss becomes non-finite or passes
-    :data:`DIVERGENCE_FACTOR` times the previous epoch's (checked during the epoch), or when a
-    completed epoch's loss is above the zero model's or :data:`RISE_FACTOR` times the best
-    epoch's. The guard keeps the iterate at the start of the best epoch; :meth:`roll_back`
+    :data:`DIVERGENCE_FACTOR` times the previous epoch's (checked during the epoch), when a
+    completed epoch's loss passes :data:`RISE_FACTOR` times the best epoch's or the zero
+    model's, or when the coefficients about to be returned do worse than the zero model on
+    a sample of training rows, or worse than the same rows gave at the start of the last
+    epoch. The guard keeps the iterate at the start of the best epoch; :meth:`roll_back`
     restores it, so a fit never continues from (or returns) a diverged iterate.
 
     Parameters
@@ -84,34 +90,45 @@ class DivergenceGuard:
         Why the problem has no exact fit, when it has none: its loss then has a floor that
         constant-step SGD reaches noisily, and roll-backs are reported as lowering that
         floor (once per fit) rather than as divergence.
+    companions : list, optional
+        Objects with ``snapshot()`` and ``restore(snapshot)`` (e.g. a
+        :class:`ValidationTracker`), saved and restored with the iterate.
     """
 
     def __init__(
-        self, state: list[torch.Tensor], zero_loss: float, no_exact_fit: str | None = None
+        self,
+        state: list[torch.Tensor],
+        zero_loss: float,
+        no_exact_fit: str | None = None,
+        companions: list | None = None,
     ):
         self.state = state
         self.zero_loss = zero_loss
         self.no_exact_fit = no_exact_fit
-        self._warned_floor = False
+        self.companions = list(companions or [])
         self.reference = zero_loss  # the previous epoch's loss
         self.best_loss = math.inf  # what a completed epoch is compared with
         self.best_epoch = 0
-        self.failures = 0
+        self.failures = 0  # roll-backs since the last progress
+        self.roll_backs = 0
         self._record = math.inf  # the lowest epoch loss ever accepted
-        self._start: list[torch.Tensor] = []
-        self._start_reference = zero_loss
-        self._best: list[torch.Tensor] | None = None
-        self._best_reference = zero_loss
+        self._warned_floor = False
+        self._start: tuple | None = None
+        self._best: tuple | None = None
 
     @property
     def loss_limit(self) -> float:
         """Running loss at which an epoch in progress is abandoned."""
         return DIVERGENCE_FACTOR * max(self.reference, NOISE_FLOOR * self.zero_loss)
 
-    def start_epoch(self) -> None:
-        """Snapshot the iterate at the start of an epoch."""
-        self._start = [t.clone() for t in self.state]
-        self._start_reference = self.reference
+    def start_epoch(self, epoch: int) -> None:
+        """Snapshot the iterate (and the companions) at the start of ``epoch``."""
+        self._start = (
+            epoch,
+            [t.clone() for t in self.state],
+            [c.snapshot() for c in self.companions],
+            self.reference,
+        )
 
     def problem(self, loss: float, finished: bool) -> str | None:
         """Why the epoch that ended with running loss ``loss`` diverged (None if it did not)."""
@@ -122,9 +139,7 @@ class DivergenceGuard:
                 f"the running loss reached {loss:.3g}, over {DIVERGENCE_FACTOR:g}x the "
                 f"previous epoch's {self.reference:.3g}"
             )
-        # An epoch's running loss includes the iterate it started from (in a full-batch first
-        # epoch it is the zero model's loss itself): a round-off's slack.
-        if loss > ZERO_MODEL_SLACK * self.zero_loss:
+        if loss > RISE_FACTOR * self.zero_loss:
             return f"the training loss {loss:.3g} exceeded the zero model's {self.zero_loss:.3g}"
         if loss > RISE_FACTOR * self.best_loss:
             return (
@@ -133,18 +148,24 @@ class DivergenceGuard:
             )
         return None
 
-    def final_problem(self, final_loss: float, zero_loss: float, last_loss: float) -> str | None:
-        """Why the iterate about to be returned is unacceptable: its loss on a sample of
-        training rows (``final_loss``; the zero model's on the same rows: ``zero_loss``) is
-        above the zero model's, or well above the last epoch's running loss."""
-        if not math.isfinite(final_loss) or final_loss > zero_loss:
+    @staticmethod
+    def final_problem(
+        final_loss: float, zero_loss: float, start_loss: float | None = None
+    ) -> str | None:
+        """Why the coefficients about to be returned are unacceptable: on the check rows, their
+        loss ``final_loss`` is above :data:`FINAL_SLACK` times the zero model's ``zero_loss``,
+        or above :data:`RISE_FACTOR` times ``start_loss``, the loss at the start of the last
+        epoch (when they are its result)."""
+        if not math.isfinite(final_loss) or final_loss > FINAL_SLACK * zero_loss:
             return (
                 f"the fitted coefficients' training loss {final_loss:.3g} is above the zero "
                 f"model's {zero_loss:.3g}"
             )
-        if final_loss > RISE_FACTOR * max(last_loss, NOISE_FLOOR * zero_loss):
+        if start_loss is not None and final_loss > RISE_FACTOR * max(
+            start_loss, NOISE_FLOOR * zero_loss
+        ):
             return (
-                f"the training loss rose during the last epoch (from {last_loss:.3g} to "
+                f"the training loss rose during the last epoch (from {start_loss:.3g} to "
                 f"{final_loss:.3g})"
             )
         return None
@@ -152,8 +173,7 @@ class DivergenceGuard:
     def accept(self, epoch: int, loss: float) -> None:
         """Record a completed epoch that did not diverge."""
         if loss < self.best_loss:
-            self.best_loss, self.best_epoch = loss, epoch
-            self._best, self._best_reference = self._start, self._start_reference
+            self.best_loss, self.best_epoch, self._best = loss, epoch, self._start
         if loss < self._record:
             self._record, self.failures = loss, 0
         self.reference = loss
@@ -161,20 +181,20 @@ class DivergenceGuard:
     def roll_back(self, problem: str, step_size: float, epoch: int) -> int:
         """Restore the iterate at the start of the best epoch (of the current one when none
         has completed) and return that epoch's number, where the fit resumes with a smaller
-        step. Raises :class:`DivergenceError` after :data:`MAX_RETRIES` roll-backs without a
-        new lowest loss in between."""
+        step. Raises :class:`DivergenceError` after :data:`MAX_RETRIES` roll-backs without
+        progress in between, or :data:`MAX_ROLL_BACKS` in all."""
         self.failures += 1
-        if self.failures > MAX_RETRIES:
+        self.roll_backs += 1
+        if self.failures > MAX_RETRIES or self.roll_backs > MAX_ROLL_BACKS:
             raise DivergenceError(
                 f"EigenPro diverged in epoch {epoch}: {problem}, even after the step size was "
-                f"halved {MAX_RETRIES} times (to {step_size:.3g})."
+                f"halved {self.roll_backs - 1} times (to {step_size:.3g})."
             )
-        if self._best is None:
-            saved, resume, reference = self._start, epoch, self._start_reference
-        else:
-            saved, resume, reference = self._best, self.best_epoch, self._best_reference
-        for tensor, value in zip(self.state, saved, strict=True):
+        resume, tensors, companions, reference = self._best or self._start
+        for tensor, value in zip(self.state, tensors, strict=True):
             tensor.copy_(value)
+        for companion, snapshot in zip(self.companions, companions, strict=True):
+            companion.restore(snapshot)
         # The rerun epoch is judged against the loss before it, not against its own earlier
         # (larger-step) run.
         self.reference = self.best_loss = reference
@@ -222,11 +242,12 @@ class ValidationTracker:
         self.stale += 1
         return self.n_iter_no_change is not None and self.stale >= self.n_iter_no_change
 
-    def forget_from(self, epoch: int) -> None:
-        """Drop what epochs ``epoch`` and later recorded (they are about to be rerun)."""
-        if self.best_epoch >= epoch:
-            self.best_score, self.best_coef, self.best_epoch = -math.inf, None, 0
-        self.stale = max(0, epoch - 1 - self.best_epoch) if self.best_coef is not None else 0
+    def snapshot(self) -> tuple:
+        # best_coef is never modified in place: a reference is a snapshot.
+        return self.best_score, self.best_coef, self.best_epoch, self.stale
+
+    def restore(self, snapshot: tuple) -> None:
+        self.best_score, self.best_coef, self.best_epoch, self.stale = snapshot
 
 
 @dataclass
@@ -279,7 +300,8 @@ MIN_SUBSAMPLE = 100
 
 def _plan_bytes(n: int, d: int, outputs: int, s: int, itemsize: int) -> tuple[int, int]:
     """(fixed bytes, bytes per batch row) of the EigenPro 2 iteration (:func:`memory_plan`)."""
-    fixed = itemsize * (n * (2 * d + 4 * outputs + 1) + s * (s // 4 + 1)) + 16 * n
+    fused = -(-(d + 2) // FEATURE_MULTIPLE) * FEATURE_MULTIPLE  # the prepared centers' width
+    fixed = itemsize * (n * (2 * d + fused + 4 * outputs) + s * (s // 4 + 1)) + 16 * n
     per_row = itemsize * (2 * n + s + d + 2 * outputs)
     return fixed, per_row
 
@@ -295,9 +317,11 @@ def memory_plan(
 ) -> MemoryPlan:
     """Split ``memory_budget`` bytes between the fixed tensors and the kernel blocks.
 
-    Fixed: centers and their fused form for the distance product (2 x n x d), coefficients,
-    targets, an epoch snapshot and the best epoch's coefficients (4 x n x l), the centers'
-    order (two int64 per center) and the eigenvectors (at most s x s/4). Per batch row: a
+    Fixed: the training points, their subsample-first copy while it is prepared, and the
+    prepared centers (n x (2d + d + 2), the last rounded up to a multiple of
+    :data:`~eigenpro.kernels.FEATURE_MULTIPLE`), coefficients, targets, an epoch snapshot and
+    the best epoch's coefficients (4 x n x l), the centers' order (two int64 per center) and
+    the eigenvectors (at most s x s/4). Per batch row: a
     full row of the kernel block plus a temporary (2n), its subsample columns (s) and the
     batch itself. On the CPU the batch is also capped at :data:`CPU_MAX_BATCH`, beyond which
     GEMM gets no faster. Building the preconditioner comes first and is sized separately
@@ -352,7 +376,9 @@ def predict(
     """``K(X, centers) @ coef``, blockwise (``prepared``: ``kernel.prepare(centers)``).
 
     Each row's prediction is independent of the other rows of ``X`` (bit for bit on the CPU),
-    so serving one row at a time gives what a batch gives.
+    so serving one row at a time gives what a batch gives. The solvers' own evaluations
+    (validation, loss checks) call :func:`~eigenpro.kernels.kernel_matmul` directly, without
+    the padding this costs.
     """
     return kernel_matmul(
         kernel, X, centers, coef, max_block_elements=max_block_elements, prepared=prepared,
@@ -448,7 +474,7 @@ def fit_eigenpro(
 
     def training_loss(coef_now: torch.Tensor, rows: torch.Tensor) -> float:
         """Mean squared residual of ``coef_now`` on training ``rows``."""
-        residual = predict(
+        residual = kernel_matmul(
             kernel, X[rows], None, coef_now, max_block_elements=max_block_elements,
             prepared=prepared,
         ).sub_(Y[rows])  # fmt: skip
@@ -462,11 +488,12 @@ def fit_eigenpro(
     check_zero_loss = max(float(Y[check_rows].double().pow(2).mean()), 1e-30)
 
     result = FitResult(coef=coef, batch_size=batch_size, step_size=eta)
-    guard = DivergenceGuard([coef], zero_loss, no_exact_fit)
     tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
+    guard = DivergenceGuard([coef], zero_loss, no_exact_fit, [tracker] if tracker else [])
     epoch = 1
     while epoch <= n_epochs:
-        guard.start_epoch()
+        guard.start_epoch(epoch)
+        start_check = training_loss(coef, check_rows) if epoch == n_epochs else None
         start = time.perf_counter()
         loss, finished = _run_epoch(
             kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction,
@@ -485,28 +512,29 @@ def fit_eigenpro(
         stop = False
         if problem is None and tracker is not None:
             X_val, score_fn = validation
-            pred = predict(
-                kernel, X_val, None, coef, max_block_elements=max_block_elements, prepared=prepared
-            )
+            pred = kernel_matmul(
+                kernel, X_val, None, coef, max_block_elements=max_block_elements,
+                prepared=prepared,
+            )  # fmt: skip
             record["val_score"] = float(score_fn(pred))
             stop = tracker.update(epoch, record["val_score"], coef)
+        if problem is None and callback is not None:
+            record.update(callback(epoch, _training_order(coef, order), dict(record)) or {})
+            stop = stop or bool(record.get("stop"))
         if problem is None and (stop or epoch == n_epochs):
             returned = coef if tracker is None or tracker.best_coef is None else tracker.best_coef
-            final_loss = training_loss(returned, check_rows)
-            problem = guard.final_problem(final_loss, check_zero_loss, loss)
+            problem = guard.final_problem(
+                training_loss(returned, check_rows), check_zero_loss,
+                start_check if returned is coef else None,
+            )  # fmt: skip
         if problem is not None:
             resume = guard.roll_back(problem, eta, epoch)
             eta /= 2
             guard.warn(problem, resume, eta)
             del result.history[resume - 1 :]
-            if tracker is not None:
-                tracker.forget_from(resume)
             epoch = resume
             continue
         guard.accept(epoch, loss)
-        if callback is not None:
-            record.update(callback(epoch, _training_order(coef, order), dict(record)) or {})
-            stop = stop or bool(record.get("stop"))
         result.history.append(record)
         result.n_epochs = epoch
         if stop:
