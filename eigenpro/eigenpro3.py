@@ -59,7 +59,9 @@ from .preconditioner import (
 )
 from .solver import (
     CPU_MAX_BATCH,
+    MIN_EPOCH_BATCHES,
     DivergenceGuard,
+    EpochLoss,
     ValidationTracker,
     check_step_size,
     final_check_rows,
@@ -678,21 +680,28 @@ def fit_eigenpro3(
         return float(residual.pow(2).sum(dtype=torch.float64)) / residual.numel()
 
     tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
+    # Few batches per epoch: judge each epoch by its final iterate on the check rows.
+    by_iterate = math.ceil(n / m) < MIN_EPOCH_BATCHES
     guard = DivergenceGuard(
-        [shard.theta, shard.target], zero_loss, no_exact_fit, [tracker] if tracker else []
-    )
+        [shard.theta, shard.target], check_zero_loss if by_iterate else zero_loss,
+        no_exact_fit, [tracker] if tracker else [],
+    )  # fmt: skip
     epoch = 1
     while epoch <= n_epochs:
         guard.start_epoch(epoch)
         start_check = training_loss(shard.theta) if epoch == n_epochs else None
         start = time.perf_counter()
-        loss, finished = _run_epoch(
-            shard, data, targets, basis, lift, projector, m, eta, ridge, rng, guard.loss_limit,
-            sync_every, epoch, n_epochs, verbose,
+        loss, finished, stderr = _run_epoch(
+            shard, data, targets, basis, lift, projector, m, eta, ridge, rng,
+            math.inf if by_iterate else guard.loss_limit, sync_every, epoch, n_epochs, verbose,
         )  # fmt: skip
         inner_loss = projector.take_loss()
         seconds = time.perf_counter() - start
-        problem = guard.problem(loss, finished)
+        if by_iterate and finished:
+            judged, stderr = training_loss(shard.theta), 0.0
+        else:
+            judged = loss
+        problem = guard.problem(judged, finished, stderr)
         record = {
             "epoch": epoch,
             "train_loss": loss,
@@ -722,7 +731,7 @@ def fit_eigenpro3(
             del result.history[resume - 1 :]
             epoch = resume
             continue
-        guard.accept(epoch, loss)
+        guard.accept(epoch, judged, stderr)
         result.history.append(record)
         result.n_epochs = epoch
         if stop:
@@ -746,12 +755,12 @@ def _run_epoch(
     shard, data, targets, basis, lift, projector, m, eta, ridge, rng, loss_limit, sync_every,
     epoch, n_epochs, verbose,
 ):  # fmt: skip
-    """One pass over the data. Returns (mean batch loss, finished without diverging)."""
+    """One pass over the data. Returns (mean batch loss, finished without diverging, standard
+    error of that mean)."""
     n, n_out = targets.shape
     device, dtype, kernel = shard.device, shard.dtype, shard.kernel
     batches = np.array_split(rng.permutation(n), range(m, n, m))
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
+    epoch_loss = EpochLoss(device)
     rate, ridge_rate = eta / m, ridge * m / n
     bar = tqdm(
         batches, desc=f"epoch {epoch}/{n_epochs}", unit="batch", leave=True,
@@ -780,8 +789,7 @@ def _run_epoch(
         projector.absorb(summed[n_data:])  # reads only theta and b from before this step
 
         residual = summed[0].sub_(Yb)
-        total += residual.pow(2).sum(dtype=torch.float64)
-        seen += len(idx)
+        epoch_loss.add(residual)
         if block is not None:
             grad = block.T @ residual
             del block
@@ -798,8 +806,8 @@ def _run_epoch(
         projector.after_data_step()
 
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
-            running = float(total) / (seen * n_out)
-            if not running_loss_ok(running, loss_limit, bar, verbose):
-                return running, False
+            running = epoch_loss.mean(n_out)
+            if not running_loss_ok(running, loss_limit, bar, verbose, epoch_loss.points / n):
+                return running, False, 0.0
     bar.close()
-    return float(total) / (n * n_out), True
+    return epoch_loss.mean(n_out), True, epoch_loss.stderr()

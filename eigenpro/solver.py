@@ -48,9 +48,10 @@ __all__ = [
 DIVERGENCE_FACTOR = 2.0
 #: ... but growth below this fraction of the zero model's loss is read as noise, not divergence.
 NOISE_FLOOR = 1e-3
-#: A completed epoch whose running loss exceeds the best epoch's (or the zero model's) by this
-#: factor shows a fit that diverges slowly (growth of 1.1-1.9x per epoch escapes the 2x test
-#: for several epochs). The slack leaves room for the noise of constant-step SGD.
+#: Two completed epochs in a row whose loss exceeds the best epoch's (or the zero model's) by
+#: this factor show a fit that diverges slowly (growth of 1.1-1.9x per epoch escapes the 2x
+#: test for several epochs); one epoch over :data:`DIVERGENCE_FACTOR` times it is enough. A
+#: single epoch between the two is read as the noise of constant-step SGD.
 RISE_FACTOR = 1.25
 #: The returned coefficients' loss on the check rows may exceed the zero model's by this
 #: factor at most (round-off and sampling; a problem whose best fit is about zero).
@@ -61,6 +62,11 @@ MAX_RETRIES = 4
 MAX_ROLL_BACKS = 20
 #: Training rows on which the loss of the returned coefficients is measured at the end.
 FINAL_CHECK_ROWS = 1000
+#: An epoch of fewer batches than this is judged by the loss of its final iterate on the
+#: check rows: the mean of a few batch losses (the running loss) is too noisy to compare.
+MIN_EPOCH_BATCHES = 8
+#: Share of an epoch after which its running loss is compared with the 2x limit.
+RUNNING_CHECK_FRACTION = 0.25
 #: Batch-size cap on the CPU, where larger batches buy no speed (GEMM is saturated well below).
 CPU_MAX_BATCH = 4096
 
@@ -73,12 +79,13 @@ class DivergenceGuard:
     """Epoch-level divergence detection and roll-back, shared by the EigenPro 2 and 3 loops.
 
     A fit diverges when an epoch's running loss becomes non-finite or passes
-    :data:`DIVERGENCE_FACTOR` times the previous epoch's (checked during the epoch), when a
-    completed epoch's loss passes :data:`RISE_FACTOR` times the best epoch's or the zero
-    model's, or when the coefficients about to be returned do worse than the zero model on
-    a sample of training rows, or worse than the same rows gave at the start of the last
-    epoch. The guard keeps the iterate at the start of the best epoch; :meth:`roll_back`
-    restores it, so a fit never continues from (or returns) a diverged iterate.
+    :data:`DIVERGENCE_FACTOR` times the previous epoch's (checked during the epoch), when
+    completed epochs' loss passes :data:`RISE_FACTOR` times the best epoch's (or the zero
+    model's) twice in a row, or :data:`DIVERGENCE_FACTOR` times it once, or when the
+    coefficients about to be returned do worse than the zero model on a sample of training
+    rows, or worse than the same rows gave at the start of the last epoch. The guard keeps
+    the iterate at the start of the best epoch; :meth:`roll_back` restores it, so a fit never
+    continues from (or returns) a diverged iterate.
 
     Parameters
     ----------
@@ -112,6 +119,7 @@ class DivergenceGuard:
         self.failures = 0  # roll-backs since the last progress
         self.roll_backs = 0
         self._record = math.inf  # the lowest epoch loss ever accepted
+        self._rising = False  # the last accepted epoch was over the ceiling
         self._warned_floor = False
         self._start: tuple | None = None
         self._best: tuple | None = None
@@ -130,8 +138,18 @@ class DivergenceGuard:
             self.reference,
         )
 
-    def problem(self, loss: float, finished: bool) -> str | None:
-        """Why the epoch that ended with running loss ``loss`` diverged (None if it did not)."""
+    def _ceilings(self, stderr: float) -> tuple[float, float, str]:
+        """(rise ceiling, divergence ceiling, what they are relative to), with room for the
+        running loss's own noise (``stderr``, its standard error)."""
+        if self.best_loss <= self.zero_loss:
+            base, what = self.best_loss, f"{self.best_loss:.3g} (epoch {self.best_epoch})"
+        else:
+            base, what = self.zero_loss, f"the zero model's {self.zero_loss:.3g}"
+        return RISE_FACTOR * base + 2 * stderr, DIVERGENCE_FACTOR * base + 3 * stderr, what
+
+    def problem(self, loss: float, finished: bool, stderr: float = 0.0) -> str | None:
+        """Why the epoch that ended with running loss ``loss`` (standard error ``stderr``)
+        diverged (None if it did not)."""
         if not math.isfinite(loss):
             return f"the training loss became {loss}"
         if not finished:
@@ -139,13 +157,9 @@ class DivergenceGuard:
                 f"the running loss reached {loss:.3g}, over {DIVERGENCE_FACTOR:g}x the "
                 f"previous epoch's {self.reference:.3g}"
             )
-        if loss > RISE_FACTOR * self.zero_loss:
-            return f"the training loss {loss:.3g} exceeded the zero model's {self.zero_loss:.3g}"
-        if loss > RISE_FACTOR * self.best_loss:
-            return (
-                f"the training loss rose from {self.best_loss:.3g} (epoch {self.best_epoch}) "
-                f"to {loss:.3g}"
-            )
+        rise, diverge, what = self._ceilings(stderr)
+        if loss > diverge or (self._rising and loss > rise):
+            return f"the training loss rose from {what} to {loss:.3g}"
         return None
 
     @staticmethod
@@ -154,14 +168,15 @@ class DivergenceGuard:
     ) -> str | None:
         """Why the coefficients about to be returned are unacceptable: on the check rows, their
         loss ``final_loss`` is above :data:`FINAL_SLACK` times the zero model's ``zero_loss``,
-        or above :data:`RISE_FACTOR` times ``start_loss``, the loss at the start of the last
-        epoch (when they are its result)."""
+        or above :data:`DIVERGENCE_FACTOR` times ``start_loss``, the loss at the start of the
+        last epoch (when they are its result; one SGD iterate is noisier than an epoch's
+        mean)."""
         if not math.isfinite(final_loss) or final_loss > FINAL_SLACK * zero_loss:
             return (
                 f"the fitted coefficients' training loss {final_loss:.3g} is above the zero "
                 f"model's {zero_loss:.3g}"
             )
-        if start_loss is not None and final_loss > RISE_FACTOR * max(
+        if start_loss is not None and final_loss > DIVERGENCE_FACTOR * max(
             start_loss, NOISE_FLOOR * zero_loss
         ):
             return (
@@ -170,8 +185,9 @@ class DivergenceGuard:
             )
         return None
 
-    def accept(self, epoch: int, loss: float) -> None:
+    def accept(self, epoch: int, loss: float, stderr: float = 0.0) -> None:
         """Record a completed epoch that did not diverge."""
+        self._rising = loss > self._ceilings(stderr)[0]
         if loss < self.best_loss:
             self.best_loss, self.best_epoch, self._best = loss, epoch, self._start
         if loss < self._record:
@@ -198,6 +214,7 @@ class DivergenceGuard:
         # The rerun epoch is judged against the loss before it, not against its own earlier
         # (larger-step) run.
         self.reference = self.best_loss = reference
+        self._rising = False
         return resume
 
     def warn(self, problem: str, resume: int, step_size: float) -> None:
@@ -218,6 +235,35 @@ class DivergenceGuard:
                 "floor (further halvings are not reported; see history_'s step_size)."
             )
         warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+class EpochLoss:
+    """The running loss of an epoch (mean squared residual over its batches, each measured
+    before its update) and the standard error of that mean, from the spread of the batches'
+    losses. Accumulated on the device; read back only when asked."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.moments = torch.zeros(2, dtype=torch.float64, device=device)  # sum, sum of squares
+        self.points = 0
+        self.batches = 0
+
+    def add(self, residual: torch.Tensor) -> None:
+        batch = residual.pow(2).sum(dtype=torch.float64)
+        self.total += batch
+        per_point = batch / max(residual.numel(), 1)
+        self.moments += torch.stack([per_point, per_point * per_point])
+        self.points += residual.shape[0]
+        self.batches += 1
+
+    def mean(self, n_outputs: int) -> float:
+        return float(self.total) / max(self.points * n_outputs, 1)
+
+    def stderr(self) -> float:
+        if self.batches < 2:
+            return 0.0
+        first, second = (float(v) / self.batches for v in self.moments)
+        return math.sqrt(max(second - first * first, 0.0) / self.batches)
 
 
 class ValidationTracker:
@@ -489,19 +535,28 @@ def fit_eigenpro(
 
     result = FitResult(coef=coef, batch_size=batch_size, step_size=eta)
     tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
-    guard = DivergenceGuard([coef], zero_loss, no_exact_fit, [tracker] if tracker else [])
+    # Few batches per epoch: judge each epoch by its final iterate on the check rows.
+    by_iterate = math.ceil(n / batch_size) < MIN_EPOCH_BATCHES
+    guard = DivergenceGuard(
+        [coef], check_zero_loss if by_iterate else zero_loss, no_exact_fit,
+        [tracker] if tracker else [],
+    )  # fmt: skip
     epoch = 1
     while epoch <= n_epochs:
         guard.start_epoch(epoch)
         start_check = training_loss(coef, check_rows) if epoch == n_epochs else None
         start = time.perf_counter()
-        loss, finished = _run_epoch(
+        loss, finished, stderr = _run_epoch(
             kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction,
-            batch_size, eta, ridge, rng, max_block_elements, guard.loss_limit, sync_every,
-            epoch, n_epochs, verbose,
+            batch_size, eta, ridge, rng, max_block_elements,
+            math.inf if by_iterate else guard.loss_limit, sync_every, epoch, n_epochs, verbose,
         )  # fmt: skip
         seconds = time.perf_counter() - start
-        problem = guard.problem(loss, finished)
+        if by_iterate and finished:
+            judged, stderr = training_loss(coef, check_rows), 0.0
+        else:
+            judged = loss
+        problem = guard.problem(judged, finished, stderr)
         record = {
             "epoch": epoch,
             "train_loss": loss,
@@ -534,7 +589,7 @@ def fit_eigenpro(
             del result.history[resume - 1 :]
             epoch = resume
             continue
-        guard.accept(epoch, loss)
+        guard.accept(epoch, judged, stderr)
         result.history.append(record)
         result.n_epochs = epoch
         if stop:
@@ -587,10 +642,15 @@ def _training_order(coef: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def running_loss_ok(running: float, loss_limit: float, bar, verbose: int) -> bool:
+def running_loss_ok(
+    running: float, loss_limit: float, bar, verbose: int, seen_fraction: float = 1.0
+) -> bool:
     """Divergence check of an epoch in progress, shared by the EigenPro 2 and 3 loops: False
-    (and the progress bar closed) when the running loss is non-finite or above the limit."""
-    if not math.isfinite(running) or running > loss_limit:
+    (and the progress bar closed) when the running loss is non-finite, or above the limit
+    once :data:`RUNNING_CHECK_FRACTION` of the epoch is seen (the mean of a few batches is
+    too noisy to judge)."""
+    over = seen_fraction >= RUNNING_CHECK_FRACTION and running > loss_limit
+    if not math.isfinite(running) or over:
         bar.close()
         return False
     if verbose:
@@ -602,7 +662,8 @@ def _run_epoch(
     kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction, batch_size, eta,
     ridge, rng, max_block_elements, loss_limit, sync_every, epoch, n_epochs, verbose,
 ):  # fmt: skip
-    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging).
+    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging,
+    standard error of that mean).
 
     Batches are positions in the subsample-first order of ``coef`` and ``prepared``;
     ``order`` maps them to rows of ``X`` and ``Y``.
@@ -611,8 +672,7 @@ def _run_epoch(
     device = X.device
     positions = torch.as_tensor(rng.permutation(n), device=device)
     batches = torch.split(positions, batch_size)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
+    epoch_loss = EpochLoss(device)
     bar = tqdm(
         batches,
         desc=f"epoch {epoch}/{n_epochs}",
@@ -649,16 +709,15 @@ def _run_epoch(
         residual = pred.sub_(Y[rows])
         if ridge:
             residual.add_(coef[pos], alpha=ridge)
-        total += residual.pow(2).sum(dtype=torch.float64)
-        seen += pos.numel()
+        epoch_loss.add(residual)
         if use_correction:
             correction = preconditioner.correction(kmat_subsample, residual)
         coef.index_add_(0, pos, residual, alpha=-rate)
         if use_correction:
             coef[:n_sub].add_(correction, alpha=rate)
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
-            running = float(total) / (seen * n_out)
-            if not running_loss_ok(running, loss_limit, bar, verbose):
-                return running, False
+            running = epoch_loss.mean(n_out)
+            if not running_loss_ok(running, loss_limit, bar, verbose, epoch_loss.points / n):
+                return running, False, 0.0
     bar.close()
-    return float(total) / (n * n_out), True
+    return epoch_loss.mean(n_out), True, epoch_loss.stderr()

@@ -168,26 +168,32 @@ def test_guard_rolls_back_to_the_start_of_the_best_epoch():
     coef = torch.zeros(3)
     guard = DivergenceGuard([coef], zero_loss=1.0)
     starts = {}
-    for epoch, loss in enumerate([0.5, 0.4, 0.45], start=1):
+    for epoch, loss in enumerate([0.5, 0.4, 0.45, 0.55], start=1):
         guard.start_epoch(epoch)
         starts[epoch] = coef.clone()
+        # 0.55 is 1.375x the best (0.4): one epoch over 1.25x is read as noise...
         assert guard.problem(loss, finished=True) is None
         guard.accept(epoch, loss)
         coef += 1.0  # the epoch's updates
-    guard.start_epoch(4)
-    problem = guard.problem(0.55, finished=True)  # 1.375x the best (0.4, epoch 2)
+    guard.start_epoch(5)
+    problem = guard.problem(0.56, finished=True)  # ... two in a row as a slow divergence
     assert "rose from 0.4 (epoch 2)" in problem
-    assert guard.roll_back(problem, step_size=1.0, epoch=4) == 2
+    assert guard.roll_back(problem, step_size=1.0, epoch=5) == 2
     torch.testing.assert_close(coef, starts[2])
     # The rerun of epoch 2 is judged against the loss before it (epoch 1's), not its own.
     assert guard.problem(0.6, finished=True) is None
-    # Above the zero model by more than the noise slack, non-finite, or cut short: problems.
-    assert "zero model" in guard.problem(1.3, finished=True)
+    # Over 2x the best at once, non-finite, or cut short: problems.
+    assert "rose from 0.5 (epoch 2) to 1.1" in guard.problem(1.1, finished=True)
     assert "nan" in guard.problem(float("nan"), finished=True)
     assert "2x" in guard.problem(0.3, finished=False)
+    # A noisy running loss (its standard error) widens the ceilings.
+    assert guard.problem(1.1, finished=True, stderr=0.1) is None
+    # Before any epoch completes, the zero model is the reference.
+    fresh = DivergenceGuard([coef], zero_loss=1.0)
+    assert "the zero model's 1 to 2.5" in fresh.problem(2.5, finished=True)
     # The returned coefficients: worse than the zero model, or than at the last epoch's start.
     assert "zero model" in DivergenceGuard.final_problem(1.2, zero_loss=1.0)
-    assert "rose during the last epoch" in DivergenceGuard.final_problem(0.7, 1.0, start_loss=0.5)
+    assert "rose during the last epoch" in DivergenceGuard.final_problem(0.9, 1.0, start_loss=0.4)
     assert DivergenceGuard.final_problem(0.4, 1.0, start_loss=0.5) is None
 
 
