@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import Communicator
-from .kernels import FEATURE_MULTIPLE, Kernel, kernel_matmul
+from .kernels import Kernel, kernel_matmul, padded_width
 from .preconditioner import (
     BETA_PROBES,
     EigenProPreconditioner,
@@ -130,7 +130,7 @@ def memory_plan3(
     """Split ``memory_budget`` bytes between the model and one batch.
 
     Fixed: the local centers and their prepared form (p_r x (d + d + 2), the second rounded
-    up to a multiple of :data:`~eigenpro.kernels.FEATURE_MULTIPLE`), ``theta``, ``b``, their
+    up by :func:`~eigenpro.kernels.padded_width`), ``theta``, ``b``, their
     snapshots at the start of the epoch and of the best epoch and the best validated ``theta``
     (7 p_r l), ``K(Z_r, X_S) E`` (p_r x q) and both preconditioners (s x (q + d)). Per batch
     row: a row of the kernel block and a temporary (2 p_r), the batch, its targets and
@@ -140,9 +140,8 @@ def memory_plan3(
     q_out = default_max_components(subsample_size) + 1
     q_in = default_max_components(inner_subsample_size) + 1
     p = n_local_centers
-    fused = -(-(n_features + 2) // FEATURE_MULTIPLE) * FEATURE_MULTIPLE
     fixed = itemsize * (
-        p * (n_features + fused + 7 * n_outputs + q_out)
+        p * (n_features + padded_width(n_features + 2) + 7 * n_outputs + q_out)
         + subsample_size * (q_out + n_features)
         + inner_subsample_size * (q_in + n_features)
     )
@@ -720,8 +719,9 @@ def fit_eigenpro3(
         if problem is None and (stop or epoch == n_epochs):
             current = tracker is None or tracker.best_coef is None
             theta = shard.theta if current else tracker.best_coef
+            final_loss = judged if by_iterate and current else training_loss(theta)
             problem = guard.final_problem(
-                training_loss(theta), check_zero_loss, start_check if current else None
+                final_loss, check_zero_loss, start_check if current else None
             )
         if problem is not None:
             resume = guard.roll_back(problem, eta, epoch)

@@ -54,20 +54,6 @@ def _origin(Z: torch.Tensor) -> torch.Tensor:
     return total / max(Z.shape[0], 1)
 
 
-def squared_distances(X: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared Euclidean distances ``|x_i - z_j|^2``, clamped at 0.
-
-    One matrix product, ``|x|^2 + |z|^2 - 2 x.z``, after shifting both sets by the mean of
-    ``Z``: distances do not change, and features far from zero (years, coordinates,
-    timestamps) no longer cancel catastrophically.
-    """
-    origin = _origin(Z).to(X.dtype)
-    Xc, Zc = X - origin, Z - origin
-    dist = torch.addmm(_sq_norms(Zc).unsqueeze(0), Xc, Zc.T, alpha=-2.0)
-    dist.add_(_sq_norms(Xc).unsqueeze(1))
-    return dist.clamp_(min=0.0)
-
-
 def _sq_norms(X: torch.Tensor) -> torch.Tensor:
     """Squared row norms accumulated in float64 and rounded once to ``X``'s dtype."""
     out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
@@ -112,13 +98,15 @@ class PreparedCenters:
 FEATURE_MULTIPLE = 8
 
 
-def _padded_width(width: int) -> int:
+def padded_width(width: int) -> int:
+    """``width`` rounded up to a multiple of :data:`FEATURE_MULTIPLE` (the built-in kernels'
+    GEMM operand width, e.g. for memory plans)."""
     return -(-width // FEATURE_MULTIPLE) * FEATURE_MULTIPLE
 
 
 def _pad_features(X: torch.Tensor) -> torch.Tensor:
-    """``X`` with zero columns up to :func:`_padded_width` (``X`` itself when none are needed)."""
-    width = _padded_width(X.shape[1])
+    """``X`` with zero columns up to :func:`padded_width` (``X`` itself when none are needed)."""
+    width = padded_width(X.shape[1])
     if width == X.shape[1]:
         return X
     out = X.new_zeros(X.shape[0], width)
@@ -198,11 +186,11 @@ class RadialKernel(Kernel):
 
     def _augmented(self, X: torch.Tensor, origin: torch.Tensor, *, centers: bool) -> torch.Tensor:
         """``[v, 1, c |v|^2, 0...]`` (centers) or ``[-2c u, c |u|^2, 1, 0...]`` (points),
-        written into one new tensor of :func:`_padded_width` (d + 2) columns with no other
+        written into one new tensor of :func:`padded_width` (d + 2) columns with no other
         copy of ``X``."""
         n, d = X.shape
         c = self.distance_scale
-        out = torch.empty(n, _padded_width(d + 2), dtype=X.dtype, device=X.device)
+        out = torch.empty(n, padded_width(d + 2), dtype=X.dtype, device=X.device)
         out[:, d + 2 :] = 0.0
         units = out[:, :d]
         torch.sub(X, origin.to(device=X.device, dtype=X.dtype), out=units)
@@ -293,7 +281,43 @@ class MaternKernel(RadialKernel):
         return poly.mul_(decay)
 
 
-class PolynomialKernel(Kernel):
+class _SquaredDistance(RadialKernel):
+    """``|x - z|^2`` itself, through the radial kernels' fused product (bandwidth 1)."""
+
+    def profile_(self, scaled):
+        return scaled.clamp_(min=0.0)
+
+
+def squared_distances(X: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances ``|x_i - z_j|^2``, clamped at 0.
+
+    The radial kernels' one matrix product about the mean of ``Z``: distances do not change,
+    and features far from zero (years, coordinates, timestamps) do not cancel.
+    """
+    return _SquaredDistance(1.0).block(X, Z)
+
+
+class _GramKernel(Kernel):
+    """A kernel of the inner products ``<x, z>``: one GEMM on operands padded with zero
+    columns (:func:`padded_width`), then :meth:`_profile_` in place."""
+
+    def _profile_(self, gram: torch.Tensor, d: int) -> torch.Tensor:
+        return gram
+
+    def block(self, X, Z):
+        return self._profile_(X @ Z.T, X.shape[1])
+
+    def prepare(self, Z):
+        return PreparedCenters(_pad_features(Z), None, Z.shape[1])
+
+    def prepare_points(self, X, centers):
+        return _pad_features(X)
+
+    def prepared_block(self, points, centers, out=None):
+        return self._profile_(torch.mm(points, centers.data.T, out=out), centers.n_features)
+
+
+class PolynomialKernel(_GramKernel):
     """Polynomial kernel ``(gamma <x, z> + coef0) ^ degree``; ``gamma=None`` means 1 / d."""
 
     name = "polynomial"
@@ -315,38 +339,14 @@ class PolynomialKernel(Kernel):
     def _profile_(self, gram: torch.Tensor, d: int) -> torch.Tensor:
         return gram.mul_(self._gamma(d)).add_(self.coef0).pow_(self.degree)
 
-    def block(self, X, Z):
-        return self._profile_(X @ Z.T, X.shape[1])
-
-    def prepare(self, Z):
-        return PreparedCenters(_pad_features(Z), None, Z.shape[1])
-
-    def prepare_points(self, X, centers):
-        return _pad_features(X)
-
-    def prepared_block(self, points, centers, out=None):
-        return self._profile_(torch.mm(points, centers.data.T, out=out), centers.n_features)
-
     def diag(self, X):
         return (X.pow(2).sum(dim=1) * self._gamma(X.shape[1]) + self.coef0).pow_(self.degree)
 
 
-class LinearKernel(Kernel):
+class LinearKernel(_GramKernel):
     """Linear kernel ``<x, z>``."""
 
     name = "linear"
-
-    def block(self, X, Z):
-        return X @ Z.T
-
-    def prepare(self, Z):
-        return PreparedCenters(_pad_features(Z), None, Z.shape[1])
-
-    def prepare_points(self, X, centers):
-        return _pad_features(X)
-
-    def prepared_block(self, points, centers, out=None):
-        return torch.mm(points, centers.data.T, out=out)
 
     def diag(self, X):
         return X.pow(2).sum(dim=1)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .kernels import FEATURE_MULTIPLE, Kernel, PreparedCenters, kernel_matmul
+from .kernels import Kernel, PreparedCenters, kernel_matmul, padded_width
 from .preconditioner import EigenProPreconditioner, default_subsample_size, setup_bytes
 
 __all__ = [
@@ -346,8 +346,8 @@ MIN_SUBSAMPLE = 100
 
 def _plan_bytes(n: int, d: int, outputs: int, s: int, itemsize: int) -> tuple[int, int]:
     """(fixed bytes, bytes per batch row) of the EigenPro 2 iteration (:func:`memory_plan`)."""
-    fused = -(-(d + 2) // FEATURE_MULTIPLE) * FEATURE_MULTIPLE  # the prepared centers' width
-    fixed = itemsize * (n * (2 * d + fused + 4 * outputs) + s * (s // 4 + 1)) + 16 * n
+    fixed = itemsize * (n * (2 * d + padded_width(d + 2) + 4 * outputs) + s * (s // 4 + 1))
+    fixed += 16 * n  # the centers' order and positions (int64)
     per_row = itemsize * (2 * n + s + d + 2 * outputs)
     return fixed, per_row
 
@@ -364,8 +364,8 @@ def memory_plan(
     """Split ``memory_budget`` bytes between the fixed tensors and the kernel blocks.
 
     Fixed: the training points, their subsample-first copy while it is prepared, and the
-    prepared centers (n x (2d + d + 2), the last rounded up to a multiple of
-    :data:`~eigenpro.kernels.FEATURE_MULTIPLE`), coefficients, targets, an epoch snapshot and
+    prepared centers (n x (2d + d + 2), the last rounded up by
+    :func:`~eigenpro.kernels.padded_width`), coefficients, targets, an epoch snapshot and
     the best epoch's coefficients (4 x n x l), the centers' order (two int64 per center) and
     the eigenvectors (at most s x s/4). Per batch row: a
     full row of the kernel block plus a temporary (2n), its subsample columns (s) and the
@@ -578,10 +578,11 @@ def fit_eigenpro(
             stop = stop or bool(record.get("stop"))
         if problem is None and (stop or epoch == n_epochs):
             returned = coef if tracker is None or tracker.best_coef is None else tracker.best_coef
+            current = returned is coef
+            final_loss = judged if by_iterate and current else training_loss(returned, check_rows)
             problem = guard.final_problem(
-                training_loss(returned, check_rows), check_zero_loss,
-                start_check if returned is coef else None,
-            )  # fmt: skip
+                final_loss, check_zero_loss, start_check if current else None
+            )
         if problem is not None:
             resume = guard.roll_back(problem, eta, epoch)
             eta /= 2
