@@ -272,77 +272,59 @@ def iterate_until(
 ) -> dict:  # fmt: skip
     """Run the library's solver until ``metric`` reaches ``target`` (or a cap) and record it.
 
-    Builds the preconditioner as the estimators do (``n_components=0``: plain kernel SGD with
-    its own safe step), then iterates epoch by epoch. ``metric`` is ``"train_mse"`` (exact
-    training MSE after each epoch, one extra kernel pass, untimed) or ``"train_loss"`` (the
-    solver's running loss over the epoch's batches, free). With ``X_test``/``y_test``
-    (class labels), the test error after each epoch is recorded too (untimed). Fit time
-    counts the set-up and every epoch.
+    :func:`eigenpro.solver.fit` chooses every setting as the estimators do
+    (``n_components=0``: plain kernel SGD with its own safe step). ``metric`` is
+    ``"train_mse"`` (exact training MSE after each epoch, one extra kernel pass, untimed) or
+    ``"train_loss"`` (the solver's running loss over the epoch's batches, free). With
+    ``X_test``/``y_test`` (class labels), the test error after each epoch is recorded too
+    (untimed). Fit time counts the set-up and every epoch.
     """
     from tqdm.auto import tqdm
 
-    from eigenpro.preconditioner import build_preconditioner, default_subsample_size
-    from eigenpro.solver import fit_eigenpro, memory_plan, predict
+    from eigenpro.solver import fit
 
-    n, d = X.shape
-    s = default_subsample_size(n)
-    plan = memory_plan(n, d, Y.shape[1], s, X.device, X.dtype, budget)
-    rng = np.random.default_rng(seed)
+    bar = tqdm(desc="epochs", unit="epoch", leave=False)
+    test_errors, untimed = [], [0.0]
     start = time.perf_counter()
-    precond = build_preconditioner(
-        kernel, X, n_components=n_components, subsample_size=s,
-        max_batch_size=plan.max_batch_size, rng=rng, dtype=X.dtype,
-    )  # fmt: skip
-    m = precond.auto_batch_size(plan.max_batch_size, n) if batch_size == "auto" else batch_size
-    eta = precond.step_size(m)
-    setup = time.perf_counter() - start
-    centers = kernel.prepare(X)
-    fit_seconds = [setup]
-    clock = {"resume": time.perf_counter()}
-    bar = tqdm(desc=f"q={precond.n_components} m={m}", unit="epoch", leave=False)
-    test_errors = []
-    targets = y_test
+    fit_seconds = []
 
-    def monitor(epoch, coef):
-        fit_seconds.append(fit_seconds[-1] + time.perf_counter() - clock["resume"])
-        record = {}
+    def on_epoch(epoch, predict, record):
+        paused = time.perf_counter()
+        fit_seconds.append(paused - start - untimed[0])
         if metric == "train_mse":
-            pred = predict(kernel, X, None, coef, prepared=centers)
-            record["train_mse"] = float((pred - Y).pow(2).mean())
+            record["train_mse"] = float((predict(X) - Y).pow(2).mean())
         if X_test is not None:
-            scores = predict(kernel, X_test, None, coef, prepared=centers)
+            scores = predict(X_test)
             labels = scores.argmax(1) if scores.shape[1] > 1 else (scores[:, 0] > 0).long()
-            test_errors.append(100 * float((labels.cpu().numpy() != targets).mean()))
-        bar.update()
-        clock["resume"] = time.perf_counter()
-        return record
-
-    def on_epoch(epoch, coef, record):
-        record.update(monitor(epoch, coef))
+            test_errors.append(100 * float((labels.cpu().numpy() != y_test).mean()))
         value = record.get(metric)
+        bar.update()
         bar.set_postfix({metric: f"{value:.3g}", "target": f"{target or 0:.3g}"}, refresh=False)
         reached = target is not None and value <= target
+        untimed[0] += time.perf_counter() - paused
         return {**record, "stop": reached or fit_seconds[-1] > max_seconds}
 
-    result = fit_eigenpro(
-        kernel, X, Y, precond, batch_size=m, step_size=eta, n_epochs=max_epochs, rng=rng,
-        max_block_elements=plan.max_block_elements, callback=on_epoch,
+    result = fit(
+        kernel, X, Y, device=X.device, dtype=X.dtype, n_epochs=max_epochs,
+        memory_budget=budget, batch_size=batch_size, n_components=n_components,
+        rng=np.random.default_rng(seed), callback=on_epoch,
     )  # fmt: skip
     bar.close()
     values = [h[metric] for h in result.history]
     reached = [i for i, v in enumerate(values) if target is not None and v <= target]
     first = reached[0] if reached else None
+    precond = result.preconditioner
     out = {
         "n_components": precond.n_components,
-        "batch_size": int(m),
-        "step_size": float(eta),
+        "batch_size": int(result.batch_size),
+        "step_size": float(result.history[0]["step_size"]),
         "critical_batch_size": precond.critical_batch_size,
-        "setup_seconds": setup,
+        "setup_seconds": fit_seconds[0] - result.history[0]["seconds"],
         "epochs_run": len(values),
         metric: values,
-        "seconds": fit_seconds[1:],
+        "seconds": fit_seconds,
         "epochs_to_target": None if first is None else first + 1,
-        "seconds_to_target": None if first is None else fit_seconds[first + 1],
+        "seconds_to_target": None if first is None else fit_seconds[first],
     }
     if X_test is not None:
         out["test_error_pct"] = test_errors

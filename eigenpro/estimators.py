@@ -35,23 +35,15 @@ from sklearn.utils.validation import (
 from ._device import resolve_device, resolve_dtype, resolve_memory_budget
 from .diagnostics import diagnose, repeated_rows_with_other_targets
 from .distributed import get_communicator
-from .eigenpro3 import INNER_KEYS, fit_eigenpro3
 from .kernels import KERNELS, Kernel, RadialKernel, get_kernel
 from .preconditioner import (
     PRECISION_FLOOR,
-    build_preconditioner,
     default_max_components,
     default_subsample_size,
     setup_bytes,
 )
-from .solver import (
-    DivergenceError,
-    budget_for_batch,
-    fit_eigenpro,
-    memory_plan,
-    predict,
-    subsample_size_for_budget,
-)
+from .projections import INNER_KEYS, check_inner
+from .solver import DivergenceError, budget_for_batch, fit, memory_plan, predict
 from .streaming import HostData, is_streamable
 
 __all__ = ["EigenProRegressor", "EigenProClassifier", "auto_bandwidth"]
@@ -243,111 +235,127 @@ class _BaseEigenPro(BaseEstimator):
     def _validate_X(self, X, reset: bool):
         return validate_data(self, _to_numpy(X), reset=reset, dtype=[np.float64, np.float32])
 
-    def _fit_targets(self, X: np.ndarray, Y: np.ndarray, score, stratify=None, eval_scorers=()):
-        """Fit coefficients for the 2-d float targets ``Y``.
+    def _fit_targets(self, X, Y: np.ndarray, score, stratify=None, eval_scorers=()):
+        """Fit coefficients for the 2-d float targets ``Y``: resolve device, dtype, budget,
+        seed, held-out split, bandwidth and centers once, then run the solver.
 
+        ``X`` is a numpy array (EigenPro 2, moved to the device whole) or a
+        :class:`~eigenpro.streaming.HostData` (``n_centers`` set: streamed from the host).
         ``score(Y_true, Y_pred)`` rates the validation set when early stopping;
         ``eval_scorers`` are ``(X_eval, scorer(Y_pred) -> float)`` pairs recorded per epoch.
+        In a ``torch.distributed`` process group with several ranks, the centers are sharded
+        across the ranks (every rank must call ``fit`` with the same data).
         """
-        if self.n_centers is not None:
-            return self._fit_targets_centers(X, Y, score, stratify, eval_scorers)
+        comm = get_communicator()
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
         budget = resolve_memory_budget(self.memory_gb, device)
         random_state = check_random_state(self.random_state)
-        seed = int(random_state.randint(np.iinfo(np.int32).max))
+        seed = comm.broadcast_int(int(random_state.randint(np.iinfo(np.int32).max)), device)
         rng = np.random.default_rng(seed)
+        if self.inner_params is not None:
+            check_inner(self.inner_params)
+        in_memory = not isinstance(X, HostData)
+        data = HostData(X) if in_memory else X
 
-        X_val = Y_val = None
-        if self.early_stopping:
-            if X.shape[0] < 2:
-                raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
-            X, X_val, Y, Y_val = train_test_split(
-                X, Y, test_size=self.validation_fraction, random_state=seed, stratify=stratify
-            )
-
-        kernel, bandwidth = self._make_kernel(X, seed)
-        diagnosis = diagnose(
-            kernel, _sample_rows(X, seed), dtype, bandwidth_fixed=self.bandwidth != "auto",
-            single_row=bool(np.ptp(X, axis=0).max() == 0),
-            repeated=repeated_rows_with_other_targets(X, Y), ridge=float(self.alpha),
-        )  # fmt: skip
-
-        n, d = X.shape
-        X_t = _as_tensor(X, dtype, device)
-        Y_t = _as_tensor(Y, dtype, device)
-        s = self._subsample_size(n, d, Y.shape[1], device, dtype, budget)
-        plan = memory_plan(n, d, Y.shape[1], s, device, dtype, budget)
-        precond = build_preconditioner(
-            kernel,
-            X_t,
-            n_components=self.n_components,
-            subsample_size=s,
-            max_batch_size=plan.max_batch_size,
-            ridge=float(self.alpha),
-            rng=rng,
-            dtype=dtype,
-        )
-        if self.batch_size == "auto":
-            batch_size = precond.auto_batch_size(plan.max_batch_size, n)
-        else:
-            batch_size = min(int(self.batch_size), n)
-        self._warn_if_budget_binds(precond, n, d, Y.shape[1], device, dtype, plan, batch_size)
-        step_size = (
-            precond.step_size(batch_size) if self.step_size == "auto" else float(self.step_size)
-        )
-
+        n = data.n_samples
         validation = None
-        if X_val is not None:
-            X_val_t = _as_tensor(X_val, dtype, device)
+        if self.early_stopping:
+            if n < 2:
+                raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
+            train_pos, val_pos = train_test_split(
+                np.arange(n), test_size=self.validation_fraction, random_state=seed,
+                stratify=stratify,
+            )  # fmt: skip
+            train_pos, val_pos = np.sort(train_pos), np.sort(val_pos)
+            X_val, Y_val = data.take(val_pos, dtype, device), Y[val_pos]
+            data, Y, n = data.subset(train_pos), Y[train_pos], len(train_pos)
+            validation = (X_val, lambda pred: score(Y_val, pred.double().cpu().numpy()))
 
-            def validation_score(pred: torch.Tensor) -> float:
-                return score(Y_val, pred.double().cpu().numpy())
-
-            validation = (X_val_t, validation_score)
-
+        kernel, bandwidth, diagnosis = self._kernel_and_diagnosis(data, Y, seed, in_memory)
+        centers = None if self.n_centers is None else self._centers(data, rng, np_dtype)
         callback = None
         if eval_scorers:
             eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
-            centers = kernel.prepare(X_t)  # once (training order, as the callback's coef)
 
-            def callback(epoch: int, coef: torch.Tensor, record: dict) -> dict:
-                return _score_eval_sets(
-                    eval_tensors,
-                    lambda Xe: predict(kernel, Xe, None, coef, prepared=centers,
-                                       max_block_elements=plan.max_block_elements),
-                )  # fmt: skip
+            def callback(epoch: int, predict_fn, record: dict) -> dict:
+                return _score_eval_sets(eval_tensors, predict_fn)
 
         try:
-            result = fit_eigenpro(
-                kernel,
-                X_t,
-                Y_t,
-                precond,
-                batch_size=batch_size,
-                step_size=step_size,
-                n_epochs=self.n_epochs,
-                ridge=float(self.alpha),
-                rng=rng,
-                max_block_elements=plan.max_block_elements,
+            result = fit(
+                kernel, data, torch.from_numpy(np.array(Y, dtype=np_dtype, order="C")),
+                centers=centers, device=device, dtype=dtype, n_epochs=self.n_epochs,
+                memory_budget=budget, batch_size=self.batch_size, step_size=self.step_size,
+                n_components=self.n_components, subsample_size=self.subsample_size,
+                inner=self.inner_params, ridge=float(self.alpha), rng=rng, comm=comm,
                 validation=validation,
                 n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
-                callback=callback,
-                verbose=self.verbose,
+                callback=callback, verbose=self.verbose if comm.rank == 0 else 0,
                 no_exact_fit="; ".join(diagnosis.reasons) or None,
-            )
+            )  # fmt: skip
         except DivergenceError as exc:
-            cause = self._likely_cause(precond, batch_size, dtype, diagnosis)
+            precond = getattr(exc, "preconditioner", None)
+            cause = self._likely_cause(precond, getattr(exc, "batch_size", None), dtype, diagnosis)
             raise DivergenceError(f"{exc} {cause}") from None
 
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        self.centers_ = np.ascontiguousarray(X, dtype=np_dtype)
-        self.dual_coef_ = result.coef.cpu().numpy()
-        self.n_centers_ = n
+        p = n if centers is None else int(centers.shape[0])
+        self._warn_if_budget_binds(result, p, data.n_features, Y.shape[1], device, dtype,
+                                   on_data=centers is None)  # fmt: skip
+        if centers is None:
+            centers = data.take(np.arange(n), dtype, torch.device("cpu"))
+        self.centers_ = centers.numpy()
+        self.dual_coef_ = result.coef.numpy()
+        self.n_centers_ = p
         self.kernel_ = kernel
         self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
-        self._set_solver_attributes(precond, s, result, device)
+        self._set_solver_attributes(result, device)
+        if self.n_centers is not None:
+            self.inner_params_ = {key: result.inner.get(key) for key in INNER_KEYS}
         return self
+
+    def _kernel_and_diagnosis(self, data: HostData, Y: np.ndarray, seed: int, in_memory: bool):
+        """The kernel (bandwidth resolved on a sample of rows) and what the data allow
+        (:func:`~eigenpro.diagnostics.diagnose`)."""
+        n = data.n_samples
+        sample = np.arange(n)
+        if n > BANDWIDTH_SAMPLE:
+            sample = np.sort(check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False))
+        rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
+        kernel, bandwidth = self._make_kernel(rows, seed)
+        if in_memory:  # the whole data are at hand: check them all
+            X = data.X if data.rows is None else data.X[data.rows]
+            single = bool(np.ptp(X, axis=0).max() == 0)
+            repeated = repeated_rows_with_other_targets(X, Y)
+            rows = _sample_rows(X, seed)
+        else:  # a constant sample proves a single distinct row only when it is the whole data
+            single, repeated = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0), None
+        diagnosis = diagnose(
+            kernel, rows, resolve_dtype(self.dtype), bandwidth_fixed=self.bandwidth != "auto",
+            single_row=single, repeated=repeated, ridge=float(self.alpha),
+        )  # fmt: skip
+        return kernel, bandwidth, diagnosis
+
+    def _centers(self, data: HostData, rng: np.random.Generator, np_dtype) -> torch.Tensor:
+        """The ``n_centers`` centers on the host, in the training dtype."""
+        n = data.n_samples
+        if isinstance(self.n_centers, Integral):
+            p = int(self.n_centers)
+            if p > n:
+                raise ValueError(
+                    f"n_centers={p} is larger than the number of training samples ({n})"
+                )
+            idx = np.sort(rng.choice(n, size=p, replace=False))
+            return data.take(idx, resolve_dtype(self.dtype), torch.device("cpu"))
+        array = check_array(
+            _to_numpy(self.n_centers), dtype=[np.float64, np.float32], input_name="n_centers"
+        )
+        if array.shape[1] != data.n_features:
+            raise ValueError(
+                f"n_centers has {array.shape[1]} features, but X has {data.n_features} "
+                "features; the centers must live in the same space as the data"
+            )
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np_dtype))
 
     def _make_kernel(self, X: np.ndarray, seed: int) -> tuple[Kernel, float]:
         """The kernel with its bandwidth resolved (``"auto"``: from rows of ``X``)."""
@@ -359,32 +367,21 @@ class _BaseEigenPro(BaseEstimator):
         )
         return kernel, float(bandwidth)
 
-    def _subsample_size(self, n, d, n_out, device, dtype, budget) -> int:
-        """The Nystrom subsample size: the requested one, or the automatic one scaled down to
-        what the memory budget leaves for building the preconditioner."""
-        if self.subsample_size != "auto":
-            if self.subsample_size > n:
-                raise ValueError(
-                    f"subsample_size={self.subsample_size} is larger than the number of "
-                    f"training samples ({n})"
-                )
-            return int(self.subsample_size)
-        return subsample_size_for_budget(n, d, n_out, device, dtype, budget)
-
-    def _warn_if_budget_binds(self, precond, n, d, n_out, device, dtype, plan=None, batch=None):
+    def _warn_if_budget_binds(self, result, n, d, n_out, device, dtype, *, on_data: bool):
         """Warn when ``memory_gb`` shrank the Nystrom subsample, forced plain SGD (q = 0), or
         holds batches far below the critical batch size, and say what budget would not
-        (``plan`` and ``batch``: the EigenPro 2 path's, None on the ``n_centers`` path)."""
+        (``on_data``: the training points are the centers, EigenPro 2)."""
         if self.memory_gb == "auto":
             return
-        s = int(precond.subsample_indices.numel())
+        precond, plan, batch = result.preconditioner, result.plan, result.batch_size
+        s = int(result.subsample_size)
         s_default = default_subsample_size(n) if self.subsample_size == "auto" else s
         problems = []
         if s < s_default:
             problems.append(f"shrinks the Nystrom subsample to {s} points (default {s_default})")
         itemsize = torch.empty(0, dtype=dtype).element_size()
         needed = itemsize * n * (d + n_out) + setup_bytes(s_default, d, n)
-        if plan is not None:
+        if on_data:
             roomy = memory_plan(n, d, n_out, s_default, device, dtype, 2**62).max_batch_size
             binds = self.batch_size == "auto" and plan.max_batch_size < min(roomy, n)
             if binds and precond.n_components == 0 and self.n_components == "auto":
@@ -410,7 +407,7 @@ class _BaseEigenPro(BaseEstimator):
 
     def _likely_cause(self, precond, batch_size, dtype: torch.dtype, diagnosis) -> str:
         """The likely cause of a divergence the solver could not recover from (``precond``:
-        the EigenPro 2 preconditioner, None on the ``n_centers`` path)."""
+        the preconditioner used, if one was built)."""
         if self.step_size != "auto":
             auto = "" if precond is None else (
                 f" (step_size='auto' would use {precond.step_size(batch_size):.3g})"
@@ -449,10 +446,11 @@ class _BaseEigenPro(BaseEstimator):
             "a smaller step_size, or dtype='float64'."
         )
 
-    def _set_solver_attributes(self, precond, subsample_size: int, result, device) -> None:
-        """The fitted attributes both paths share: what the solver chose and did."""
+    def _set_solver_attributes(self, result, device) -> None:
+        """The fitted attributes every path shares: what the solver chose and did."""
+        precond = result.preconditioner
         self.n_components_ = precond.n_components
-        self.subsample_size_ = int(subsample_size)
+        self.subsample_size_ = int(result.subsample_size)
         self.batch_size_ = int(result.batch_size)
         self.step_size_ = float(result.step_size)
         self.eigenvalues_ = precond.eigenvalues.cpu().numpy()
@@ -464,140 +462,7 @@ class _BaseEigenPro(BaseEstimator):
         self.best_epoch_ = result.best_epoch
         self.history_ = result.history
         self.device_ = str(device)
-
-    def _fit_targets_centers(self, data: HostData, Y: np.ndarray, score, stratify, eval_scorers):
-        """EigenPro 3 on ``n_centers`` general centers, the data streamed from the host.
-
-        In a ``torch.distributed`` process group with several ranks, the centers are sharded
-        across the ranks (every rank must call ``fit`` with the same data).
-        """
-        comm = get_communicator()
-        device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        budget = resolve_memory_budget(self.memory_gb, device)
-        random_state = check_random_state(self.random_state)
-        seed = comm.broadcast_int(int(random_state.randint(np.iinfo(np.int32).max)), device)
-        rng = np.random.default_rng(seed)
-        if self.inner_params is not None:
-            unknown = set(self.inner_params) - set(INNER_KEYS)
-            if unknown:
-                raise ValueError(
-                    f"unknown inner_params key(s) {sorted(unknown)}; valid keys are "
-                    f"{list(INNER_KEYS)}"
-                )
-
-        n = data.n_samples
-        X_val = Y_val = None
-        if self.early_stopping:
-            if n < 2:
-                raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
-            train_pos, val_pos = train_test_split(
-                np.arange(n), test_size=self.validation_fraction, random_state=seed,
-                stratify=stratify,
-            )  # fmt: skip
-            train_pos, val_pos = np.sort(train_pos), np.sort(val_pos)
-            X_val, Y_val = data.take(val_pos, dtype, device), Y[val_pos]
-            data, Y = data.subset(train_pos), Y[train_pos]
-            n = len(train_pos)
-
-        sample = np.arange(n)
-        if n > BANDWIDTH_SAMPLE:
-            sample = np.sort(check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False))
-        rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
-        kernel, bandwidth = self._make_kernel(rows, seed)
-        # A constant sample proves a single distinct row only when it is the whole data.
-        single = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0)
-        diagnosis = diagnose(
-            kernel, rows, dtype, bandwidth_fixed=self.bandwidth != "auto", single_row=single,
-            ridge=float(self.alpha),
-        )  # fmt: skip
-
-        if isinstance(self.n_centers, Integral):
-            p = int(self.n_centers)
-            if p > n:
-                raise ValueError(
-                    f"n_centers={p} is larger than the number of training samples ({n})"
-                )
-            centers = data.take(np.sort(rng.choice(n, size=p, replace=False)), dtype,
-                                torch.device("cpu"))  # fmt: skip
-        else:
-            array = check_array(
-                _to_numpy(self.n_centers), dtype=[np.float64, np.float32], input_name="n_centers"
-            )
-            if array.shape[1] != data.n_features:
-                raise ValueError(
-                    f"n_centers has {array.shape[1]} features, but X has {data.n_features} "
-                    "features; the centers must live in the same space as the data"
-                )
-            centers = torch.from_numpy(np.ascontiguousarray(array, dtype=np_dtype))
-
-        validation = None
-        if X_val is not None:
-
-            def validation_score(pred: torch.Tensor) -> float:
-                return score(Y_val, pred.double().cpu().numpy())
-
-            validation = (X_val, validation_score)
-
-        callback = None
-        if eval_scorers:
-            eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
-
-            def callback(epoch: int, predict_fn) -> dict:
-                return _score_eval_sets(eval_tensors, predict_fn)
-
-        reasons = list(diagnosis.reasons)
-        if centers.shape[0] < n:
-            reasons.append("the model has fewer centers than training points")
-        try:
-            result = fit_eigenpro3(
-                kernel,
-                data,
-                torch.from_numpy(np.ascontiguousarray(Y, dtype=np_dtype)),
-                centers,
-                device=device,
-                dtype=dtype,
-                n_epochs=self.n_epochs,
-                memory_budget=budget,
-                batch_size=self.batch_size,
-                step_size=self.step_size,
-                n_components=self.n_components,
-                subsample_size=self.subsample_size,
-                inner=self.inner_params,
-                ridge=float(self.alpha),
-                rng=rng,
-                comm=comm,
-                validation=validation,
-                n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
-                callback=callback,
-                verbose=self.verbose if comm.rank == 0 else 0,
-                no_exact_fit="; ".join(reasons) or None,
-            )
-        except DivergenceError as exc:
-            cause = self._likely_cause(None, None, dtype, diagnosis)
-            raise DivergenceError(f"{exc} {cause}") from None
-
-        precond = result.preconditioner
-        self._warn_if_budget_binds(precond, int(centers.shape[0]), data.n_features,
-                                   Y.shape[1], device, dtype)  # fmt: skip
-        self.centers_ = centers.numpy()
-        self.dual_coef_ = result.coef.numpy()
-        self.n_centers_ = int(centers.shape[0])
-        self.kernel_ = kernel
-        self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
-        self._set_solver_attributes(precond, precond.subsample_indices.numel(), result, device)
-        inner_pc = result.inner_preconditioner
-        self.inner_params_ = {
-            "method": result.inner_method,
-            "n_components": None if inner_pc is None else inner_pc.n_components,
-            "subsample_size": None if inner_pc is None else int(inner_pc.subsample_indices.numel()),
-            "batch_size": result.inner_batch_size or None,
-            "step_size": result.inner_step_size or None,
-            "n_steps": result.inner_steps or None,
-        }
-        self.world_size_ = comm.world_size
-        return self
+        self.world_size_ = result.world_size
 
     def _eval_sets(self, eval_set, make_scorer, *, numeric: bool):
         """Validate ``eval_set`` (a list of ``(X, y)`` pairs) into ``(X, scorer)`` pairs, before

@@ -1,23 +1,31 @@
-"""The EigenPro 2 iteration: preconditioned mini-batch SGD on kernel coefficients.
+"""The EigenPro solver: one preconditioned SGD iteration for every model size.
 
+The model is ``f = sum_j coef_j k(z_j, .)`` on centers ``Z`` (:class:`~eigenpro.model.CenterModel`).
 One step on a batch ``B`` of ``m`` points (DESIGN.md section 1)::
 
-    r        = K(X_B, Z) @ alpha - Y_B  (+ ridge * alpha_B)
-    alpha_B -= (eta / m) * r
-    alpha_S += (eta / m) * E diag(D) E^T K(X_S, X_B) r
+    g = K(X_B, Z) coef - Y_B                       # residual, one all_reduce over ranks
+    c = E^T K(X_S, X_B) g                          # the Nystrom preconditioner's coordinates
+    step = -(eta / m) (sum_i g_i k(x_i, .) - sum_s (E D c)_s k(x_s, .))
 
-``K(X_B, Z)`` is evaluated block by block (:func:`~eigenpro.kernels.kernel_matmul`) and the
-columns ``K(X_B, X_S)`` the preconditioner needs are taken from those same blocks.
+and a projection (:mod:`eigenpro.projections`) brings ``step`` onto the centers: the identity
+when the centers are the training points (EigenPro 2), an exact Cholesky solve, tracking
+inner EigenPro steps (EigenPro 3) or a delayed projection every ``T`` batches (EigenPro 4).
+:func:`fit` chooses the settings (subsample, ``q``, batch, step, projection) from the data,
+the device and the memory budget, and runs the one epoch loop.
 
 Divergence is caught at its first sign (:class:`DivergenceGuard`): a non-finite or exploding
 running loss, an epoch whose loss is above the zero model's or has risen over the best
 epoch's, or returned coefficients whose loss on a sample of training rows is above the zero
 model's. The fit then rolls back to the start of its best epoch and continues with half the
-step, with a warning; a fit never returns a diverged iterate.
+step, with a warning; a fit never returns a diverged iterate. On a problem without an exact
+fit (fewer centers than points, repeated points with other targets...), constant-step SGD
+stalls at a noise floor; an epoch that no longer lowers the loss halves the step
+(:data:`PLATEAU_SIGNIFICANCE`), so the iterate converges to the least-squares fit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -28,8 +36,31 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import Communicator
 from .kernels import Kernel, PreparedCenters, kernel_matmul, padded_width
-from .preconditioner import EigenProPreconditioner, default_subsample_size, setup_bytes
+from .model import CenterModel
+from .preconditioner import (
+    STEP_SAFETY,
+    EigenProPreconditioner,
+    build_preconditioner,
+    default_max_components,
+    default_subsample_size,
+    preconditioned_top_eigenvalue,
+    setup_bytes,
+)
+from .projections import (
+    INNER_PASSES_PER_EPOCH,
+    CholeskyProjection,
+    DelayedProjection,
+    IdentityProjection,
+    InnerEigenPro,
+    Step,
+    TrackedProjection,
+    center_preconditioner,
+    check_inner,
+    local_basis,
+)
+from .streaming import HostData
 
 __all__ = [
     "DivergenceError",
@@ -37,7 +68,7 @@ __all__ = [
     "FitResult",
     "MemoryPlan",
     "budget_for_batch",
-    "fit_eigenpro",
+    "fit",
     "memory_plan",
     "predict",
     "subsample_size_for_budget",
@@ -69,6 +100,38 @@ MIN_EPOCH_BATCHES = 8
 RUNNING_CHECK_FRACTION = 0.25
 #: Batch-size cap on the CPU, where larger batches buy no speed (GEMM is saturated well below).
 CPU_MAX_BATCH = 4096
+#: On a problem without an exact fit, an epoch whose running loss is not below the best
+#: epoch's by this many standard errors (of the running loss, from the spread of its batch
+#: losses) halves the step: constant-step SGD has reached its noise floor, whose excess over
+#: the least-squares loss is proportional to the step. Deterministic (full-batch) epochs have
+#: no noise floor and never halve.
+PLATEAU_SIGNIFICANCE = 0.0
+#: Smallest Nystrom subsample a small memory budget scales the automatic one down to.
+MIN_SUBSAMPLE = 100
+#: ``method="auto"`` projects with an exact Cholesky factor up to this many centers (and
+#: when the factor fits in a quarter of the budget); beyond, by delayed projection.
+CHOLESKY_MAX_CENTERS = 8000
+#: The delayed projection's inner pass takes at least this many steps: with few centers one
+#: pass is one or two steps, too few to project the temporary centers accurately (measured:
+#: p = 120, two steps per projection diverge, ten converge).
+MIN_PROJECTION_STEPS = 10
+#: Data points on which the preconditioned operator's top eigenvalue is measured (general
+#: centers: the eigensystem comes from the centers, not the data).
+CALIBRATION_SAMPLE = 2000
+#: The automatic step is multiplied by this with the tracked projection: a lagging ``coef``
+#: makes the coupled iteration stable only up to half the usual step.
+TRACKING_SAFETY = 0.5
+
+
+def _save(item):
+    return item.clone() if isinstance(item, torch.Tensor) else item.state_dict()
+
+
+def _load(item, saved) -> None:
+    if isinstance(item, torch.Tensor):
+        item.copy_(saved)
+    else:
+        item.load_state_dict(saved)
 
 
 class DivergenceError(RuntimeError):
@@ -76,7 +139,7 @@ class DivergenceError(RuntimeError):
 
 
 class DivergenceGuard:
-    """Epoch-level divergence detection and roll-back, shared by the EigenPro 2 and 3 loops.
+    """Epoch-level divergence detection and roll-back, of the solver's epoch loop.
 
     A fit diverges when an epoch's running loss becomes non-finite or passes
     :data:`DIVERGENCE_FACTOR` times the previous epoch's (checked during the epoch), when
@@ -89,8 +152,9 @@ class DivergenceGuard:
 
     Parameters
     ----------
-    state : list of Tensor
-        The iterate, updated in place by the solver.
+    state : list
+        The iterate, updated in place by the solver: tensors, or objects with
+        ``state_dict()`` and ``load_state_dict(state)`` (the model and its projection).
     zero_loss : float
         Loss of the zero model, where the fit starts.
     no_exact_fit : str, optional
@@ -104,7 +168,7 @@ class DivergenceGuard:
 
     def __init__(
         self,
-        state: list[torch.Tensor],
+        state: list,
         zero_loss: float,
         no_exact_fit: str | None = None,
         companions: list | None = None,
@@ -133,7 +197,7 @@ class DivergenceGuard:
         """Snapshot the iterate (and the companions) at the start of ``epoch``."""
         self._start = (
             epoch,
-            [t.clone() for t in self.state],
+            [_save(item) for item in self.state],
             [c.snapshot() for c in self.companions],
             self.reference,
         )
@@ -207,8 +271,8 @@ class DivergenceGuard:
                 f"halved {self.roll_backs - 1} times (to {step_size:.3g})."
             )
         resume, tensors, companions, reference = self._best or self._start
-        for tensor, value in zip(self.state, tensors, strict=True):
-            tensor.copy_(value)
+        for item, value in zip(self.state, tensors, strict=True):
+            _load(item, value)
         for companion, snapshot in zip(self.companions, companions, strict=True):
             companion.restore(snapshot)
         # The rerun epoch is judged against the loss before it, not against its own earlier
@@ -298,30 +362,47 @@ class ValidationTracker:
 
 @dataclass
 class FitResult:
-    """What :func:`fit_eigenpro` returns.
+    """What :func:`fit` returns.
 
     Attributes
     ----------
     coef : Tensor of shape (p, l)
-        Coefficients of the centers.
+        Coefficients of the centers (the training points when ``centers`` was None), in
+        their given order, on the CPU.
     history : list of dict
         Per epoch: ``epoch``, ``train_loss`` (mean squared residual over the epoch's batches,
-        measured before each update), ``val_score`` (or None), ``seconds``, ``step_size``.
+        measured before each update), ``inner_loss`` (tracked and delayed projections: mean
+        squared residual of the inner steps relative to their targets), ``val_score`` (or
+        None), ``seconds``, ``step_size``.
     n_epochs : int
-        Epochs run (fewer than asked when early stopping triggered).
-    batch_size : int
-    step_size : float
-        The final step size (smaller than the initial one if divergence was recovered).
+        Epochs run (fewer than asked when early stopping or the callback stopped the fit).
     best_epoch : int
         The epoch whose coefficients were returned.
+    batch_size : int
+    step_size : float
+        The final step size (smaller than the initial one after a roll-back or a plateau).
+    preconditioner : EigenProPreconditioner
+        Its ``subsample_indices`` are positions among the centers in the solver's order.
+    subsample_size : int
+    inner : dict
+        The projection and its settings (``method``: "identity", "cholesky", "eigenpro" or
+        "delayed"; for the last two the inner iteration's ``n_components``,
+        ``subsample_size``, ``batch_size``, ``step_size``, ``n_steps``).
+    world_size : int
+        Ranks the centers were sharded over.
     """
 
     coef: torch.Tensor
     history: list[dict] = field(default_factory=list)
     n_epochs: int = 0
+    best_epoch: int = 0
     batch_size: int = 0
     step_size: float = 0.0
-    best_epoch: int = 0
+    preconditioner: EigenProPreconditioner | None = None
+    subsample_size: int = 0
+    inner: dict = field(default_factory=dict)
+    world_size: int = 1
+    plan: MemoryPlan | None = None
 
 
 @dataclass
@@ -331,7 +412,8 @@ class MemoryPlan:
     Attributes
     ----------
     max_batch_size : int
-        Largest batch whose ``m x n`` kernel block (and one temporary) fits beside the data.
+        Largest batch whose kernel block against the local centers (and one temporary) fits
+        beside the fixed tensors.
     max_block_elements : int
         Largest kernel block materialised at once.
     """
@@ -340,16 +422,24 @@ class MemoryPlan:
     max_block_elements: int
 
 
-#: Smallest Nystrom subsample a small memory budget scales the automatic one down to.
-MIN_SUBSAMPLE = 100
-
-
-def _plan_bytes(n: int, d: int, outputs: int, s: int, itemsize: int) -> tuple[int, int]:
-    """(fixed bytes, bytes per batch row) of the EigenPro 2 iteration (:func:`memory_plan`)."""
-    fixed = itemsize * (n * (2 * d + padded_width(d + 2) + 4 * outputs) + s * (s // 4 + 1))
-    fixed += 16 * n  # the centers' order and positions (int64)
-    per_row = itemsize * (2 * n + s + d + 2 * outputs)
-    return fixed, per_row
+def _plan_bytes(
+    p: int, d: int, outputs: int, s: int, itemsize: int, *, data_on_device: bool = True,
+    inner_subsample_size: int = 0,
+) -> tuple[int, int]:  # fmt: skip
+    """(fixed bytes, bytes per batch row) of the iteration on ``p`` local centers
+    (:func:`memory_plan`)."""
+    if data_on_device:  # EigenPro 2: the training points are the centers
+        fixed = itemsize * (p * (2 * d + padded_width(d + 2) + 4 * outputs) + s * (s // 4 + 1))
+        fixed += 16 * p  # the centers' order and positions (int64)
+        return fixed, itemsize * (2 * p + s + d + 2 * outputs)
+    q_out = default_max_components(s) + 1
+    q_in = default_max_components(inner_subsample_size) + 1 if inner_subsample_size else 0
+    fixed = itemsize * (
+        p * (2 * d + padded_width(d + 2) + 8 * outputs + q_out)
+        + s * (q_out + d)
+        + inner_subsample_size * (q_in + d)
+    )
+    return fixed, itemsize * (2 * p + d + 3 * outputs + q_out + q_in)
 
 
 def memory_plan(
@@ -360,21 +450,30 @@ def memory_plan(
     device: torch.device,
     dtype: torch.dtype,
     memory_budget: int,
+    *,
+    data_on_device: bool = True,
+    inner_subsample_size: int = 0,
 ) -> MemoryPlan:
     """Split ``memory_budget`` bytes between the fixed tensors and the kernel blocks.
 
-    Fixed: the training points, their subsample-first copy while it is prepared, and the
-    prepared centers (n x (2d + d + 2), the last rounded up by
-    :func:`~eigenpro.kernels.padded_width`), coefficients, targets, an epoch snapshot and
-    the best epoch's coefficients (4 x n x l), the centers' order (two int64 per center) and
-    the eigenvectors (at most s x s/4). Per batch row: a
-    full row of the kernel block plus a temporary (2n), its subsample columns (s) and the
-    batch itself. On the CPU the batch is also capped at :data:`CPU_MAX_BATCH`, beyond which
-    GEMM gets no faster. Building the preconditioner comes first and is sized separately
-    (:func:`subsample_size_for_budget`).
+    With the training points as centers (``data_on_device``, EigenPro 2), fixed: the
+    training points, their subsample-first copy while it is prepared, and the prepared
+    centers (n x (2d + d + 2), the last rounded up by :func:`~eigenpro.kernels.padded_width`),
+    coefficients, targets, an epoch snapshot and the best epoch's coefficients (4 x n x l),
+    the centers' order (two int64 per center) and the eigenvectors (at most s x s/4). On
+    general centers (data streamed from the host), fixed: the local centers, their prepared
+    form and the temporary centers of a delayed projection (p_r x (2d + d + 2)), eight
+    p_r x l tensors (coefficients, values, snapshots, ...), ``K(Z_r, X_S) E`` and both
+    preconditioners. Per batch row: a row of the kernel block and a temporary (2 p_r), its
+    subsample columns and the batch itself. On the CPU the batch is also capped at
+    :data:`CPU_MAX_BATCH`, beyond which GEMM gets no faster. Building the preconditioner
+    comes first and is sized separately (:func:`subsample_size_for_budget`).
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    fixed, per_row = _plan_bytes(n_centers, n_features, n_outputs, subsample_size, itemsize)
+    fixed, per_row = _plan_bytes(
+        n_centers, n_features, n_outputs, subsample_size, itemsize,
+        data_on_device=data_on_device, inner_subsample_size=inner_subsample_size,
+    )  # fmt: skip
     free = max(memory_budget - fixed, 0)
     batch = max(1, free // per_row)
     if device.type == "cpu":
@@ -388,7 +487,7 @@ def budget_for_batch(
     batch_size: int,
 ) -> int:  # fmt: skip
     """The smallest ``memory_budget`` (bytes) for which :func:`memory_plan` allows batches of
-    ``batch_size`` rows."""
+    ``batch_size`` rows (training points as centers)."""
     itemsize = torch.empty(0, dtype=dtype).element_size()
     fixed, per_row = _plan_bytes(n_centers, n_features, n_outputs, subsample_size, itemsize)
     return fixed + batch_size * per_row
@@ -422,7 +521,7 @@ def predict(
     """``K(X, centers) @ coef``, blockwise (``prepared``: ``kernel.prepare(centers)``).
 
     Each row's prediction is independent of the other rows of ``X`` (bit for bit on the CPU),
-    so serving one row at a time gives what a batch gives. The solvers' own evaluations
+    so serving one row at a time gives what a batch gives. The solver's own evaluations
     (validation, loss checks) call :func:`~eigenpro.kernels.kernel_matmul` directly, without
     the padding this costs.
     """
@@ -430,179 +529,6 @@ def predict(
         kernel, X, centers, coef, max_block_elements=max_block_elements, prepared=prepared,
         row_invariant=True,
     )  # fmt: skip
-
-
-def _sync_every(device: torch.device) -> int:
-    # Reading a loss back stalls an accelerator's queue; on the CPU it is free.
-    return 1 if device.type == "cpu" else 32
-
-
-def fit_eigenpro(
-    kernel: Kernel,
-    X: torch.Tensor,
-    Y: torch.Tensor,
-    preconditioner: EigenProPreconditioner,
-    *,
-    batch_size: int,
-    step_size: float,
-    n_epochs: int,
-    ridge: float = 0.0,
-    rng: np.random.Generator | None = None,
-    max_block_elements: int = 2**24,
-    validation: tuple[torch.Tensor, Callable[[torch.Tensor], float]] | None = None,
-    n_iter_no_change: int | None = None,
-    callback: Callable[[int, torch.Tensor, dict], dict | None] | None = None,
-    verbose: int = 0,
-    no_exact_fit: str | None = None,
-) -> FitResult:
-    """Run the EigenPro 2 iteration with the training points as centers.
-
-    Parameters
-    ----------
-    kernel : Kernel
-    X : Tensor of shape (n, d)
-        Training points, which are also the centers.
-    Y : Tensor of shape (n, l)
-        Targets.
-    preconditioner : EigenProPreconditioner
-        Its subsample indices refer to rows of ``X``.
-    batch_size, step_size : int, float
-        ``m`` and ``eta`` of the update ``alpha_B -= (eta / m) r``.
-    n_epochs : int
-    ridge : float
-        Solve ``(K + ridge I) alpha = Y``.
-    rng : numpy Generator
-        Shuffles the batches.
-    max_block_elements : int
-        Largest kernel block held at once.
-    validation : (X_val, score) pair, optional
-        ``score(predictions) -> float`` (higher is better), evaluated after each epoch; the
-        coefficients of the best epoch are returned.
-    n_iter_no_change : int, optional
-        With ``validation``, stop after this many epochs without improvement.
-    callback : callable, optional
-        ``callback(epoch, coef, record)`` after each epoch (outside the timed part), with the
-        epoch's history record so far (``train_loss``, ``seconds``...); a returned dict is
-        merged into the record, and ``"stop": True`` in it ends the fit.
-    verbose : int
-        0: silent; 1: a progress bar per epoch with the running loss.
-    no_exact_fit : str, optional
-        Why the problem has no exact fit, if known (see :class:`DivergenceGuard`).
-
-    Returns
-    -------
-    FitResult
-
-    Raises
-    ------
-    DivergenceError
-        When the loss keeps diverging after the step was halved :data:`MAX_RETRIES` times
-        (each time the fit rolls back to the start of its best epoch, with a warning).
-    """
-    rng = np.random.default_rng() if rng is None else rng
-    n, n_out = Y.shape
-    device = X.device
-    # The solver orders the centers with the subsample first: the preconditioner's columns
-    # K(X_B, X_S) are then a contiguous slice of each kernel block, copied out tile by tile,
-    # and its update is a slice of the coefficients (no gathers).
-    # `coef` lives in that order; `order[j]` is the training row of center j.
-    sub_idx = preconditioner.subsample_indices
-    order = _subsample_first(sub_idx, n)
-    centers = X[order]
-    prepared = kernel.prepare(centers)  # once: the fused form of the centers
-    del centers  # radial kernels keep only the fused form
-    n_sub = sub_idx.numel()
-    use_correction = preconditioner.n_components > 0
-    coef = torch.zeros(n, n_out, dtype=X.dtype, device=device)
-    zero_loss = max(float(Y.pow(2).sum()) / (n * n_out), 1e-30)  # loss of the zero model
-    sync_every = _sync_every(device)
-    eta = check_step_size(step_size, batch_size, X.dtype)
-
-    def training_loss(coef_now: torch.Tensor, rows: torch.Tensor) -> float:
-        """Mean squared residual of ``coef_now`` on training ``rows``."""
-        residual = kernel_matmul(
-            kernel, X[rows], None, coef_now, max_block_elements=max_block_elements,
-            prepared=prepared,
-        ).sub_(Y[rows])  # fmt: skip
-        if ridge:
-            residual.add_(coef_now[positions[rows]], alpha=ridge)
-        return float(residual.pow(2).sum(dtype=torch.float64)) / residual.numel()
-
-    positions = torch.empty_like(order)
-    positions[order] = torch.arange(n, device=device)  # position of each training row in coef
-    check_rows = torch.as_tensor(final_check_rows(n), device=device)
-    check_zero_loss = max(float(Y[check_rows].double().pow(2).mean()), 1e-30)
-
-    result = FitResult(coef=coef, batch_size=batch_size, step_size=eta)
-    tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
-    # Few batches per epoch: judge each epoch by its final iterate on the check rows.
-    by_iterate = math.ceil(n / batch_size) < MIN_EPOCH_BATCHES
-    guard = DivergenceGuard(
-        [coef], check_zero_loss if by_iterate else zero_loss, no_exact_fit,
-        [tracker] if tracker else [],
-    )  # fmt: skip
-    epoch = 1
-    while epoch <= n_epochs:
-        guard.start_epoch(epoch)
-        start_check = training_loss(coef, check_rows) if epoch == n_epochs else None
-        start = time.perf_counter()
-        loss, finished, stderr = _run_epoch(
-            kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction,
-            batch_size, eta, ridge, rng, max_block_elements,
-            math.inf if by_iterate else guard.loss_limit, sync_every, epoch, n_epochs, verbose,
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
-        if by_iterate and finished:
-            judged, stderr = training_loss(coef, check_rows), 0.0
-        else:
-            judged = loss
-        problem = guard.problem(judged, finished, stderr)
-        record = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "val_score": None,
-            "seconds": seconds,
-            "step_size": eta,
-        }
-        stop = False
-        if problem is None and tracker is not None:
-            X_val, score_fn = validation
-            pred = kernel_matmul(
-                kernel, X_val, None, coef, max_block_elements=max_block_elements,
-                prepared=prepared,
-            )  # fmt: skip
-            record["val_score"] = float(score_fn(pred))
-            stop = tracker.update(epoch, record["val_score"], coef)
-        if problem is None and callback is not None:
-            record.update(callback(epoch, _training_order(coef, order), dict(record)) or {})
-            stop = stop or bool(record.get("stop"))
-        if problem is None and (stop or epoch == n_epochs):
-            returned = coef if tracker is None or tracker.best_coef is None else tracker.best_coef
-            current = returned is coef
-            final_loss = judged if by_iterate and current else training_loss(returned, check_rows)
-            problem = guard.final_problem(
-                final_loss, check_zero_loss, start_check if current else None
-            )
-        if problem is not None:
-            resume = guard.roll_back(problem, eta, epoch)
-            eta /= 2
-            guard.warn(problem, resume, eta)
-            del result.history[resume - 1 :]
-            epoch = resume
-            continue
-        guard.accept(epoch, judged, stderr)
-        result.history.append(record)
-        result.n_epochs = epoch
-        if stop:
-            break
-        epoch += 1
-
-    result.best_epoch = result.n_epochs
-    if tracker is not None and tracker.best_coef is not None:
-        coef, result.best_epoch = tracker.best_coef, tracker.best_epoch
-    result.coef = _training_order(coef, order)
-    result.step_size = eta
-    return result
 
 
 def final_check_rows(n: int) -> np.ndarray:
@@ -629,27 +555,12 @@ def check_step_size(step_size: float, batch_size: int, dtype: torch.dtype) -> fl
     return eta
 
 
-def _subsample_first(sub_idx: torch.Tensor, n: int) -> torch.Tensor:
-    """A permutation of ``range(n)`` that starts with ``sub_idx`` (the rest in order)."""
-    rest = torch.ones(n, dtype=torch.bool, device=sub_idx.device)
-    rest[sub_idx] = False
-    return torch.cat([sub_idx, torch.nonzero(rest).flatten()])
-
-
-def _training_order(coef: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Coefficients indexed by training row, from the solver's subsample-first order."""
-    out = torch.empty_like(coef)
-    out[order] = coef
-    return out
-
-
 def running_loss_ok(
     running: float, loss_limit: float, bar, verbose: int, seen_fraction: float = 1.0
 ) -> bool:
-    """Divergence check of an epoch in progress, shared by the EigenPro 2 and 3 loops: False
-    (and the progress bar closed) when the running loss is non-finite, or above the limit
-    once :data:`RUNNING_CHECK_FRACTION` of the epoch is seen (the mean of a few batches is
-    too noisy to judge)."""
+    """Divergence check of an epoch in progress: False (and the progress bar closed) when the
+    running loss is non-finite, or above the limit once :data:`RUNNING_CHECK_FRACTION` of the
+    epoch is seen (the mean of a few batches is too noisy to judge)."""
     over = seen_fraction >= RUNNING_CHECK_FRACTION and running > loss_limit
     if not math.isfinite(running) or over:
         bar.close()
@@ -659,66 +570,506 @@ def running_loss_ok(
     return True
 
 
-def _run_epoch(
-    kernel, X, Y, order, coef, prepared, preconditioner, n_sub, use_correction, batch_size, eta,
-    ridge, rng, max_block_elements, loss_limit, sync_every, epoch, n_epochs, verbose,
-):  # fmt: skip
-    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging,
-    standard error of that mean).
+def _subsample_first(sub_idx: torch.Tensor, n: int) -> torch.Tensor:
+    """A permutation of ``range(n)`` that starts with ``sub_idx`` (the rest in order)."""
+    rest = torch.ones(n, dtype=torch.bool, device=sub_idx.device)
+    rest[sub_idx] = False
+    return torch.cat([sub_idx, torch.nonzero(rest).flatten()])
 
-    Batches are positions in the subsample-first order of ``coef`` and ``prepared``;
-    ``order`` maps them to rows of ``X`` and ``Y``.
+
+def _unpermute(coef: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Rows in the given order, from the solver's subsample-first order."""
+    out = torch.empty_like(coef)
+    out[order.to(coef.device)] = coef
+    return out
+
+
+class _DeviceRows:
+    """Training rows held on the device in the model's order (the EigenPro 2 path)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor):
+        self.X, self.Y = X, Y
+
+    def take(self, idx: np.ndarray):
+        idx_t = torch.as_tensor(idx, device=self.X.device)
+        return idx_t, self.X[idx_t], self.Y[idx_t]
+
+
+class _HostRows:
+    """Training rows streamed from the host batch by batch (general centers)."""
+
+    def __init__(self, data: HostData, Y: torch.Tensor, dtype, device):
+        self.data, self.Y, self.dtype, self.device = data, Y, dtype, device
+
+    def take(self, idx: np.ndarray):
+        Xb = self.data.take(idx, self.dtype, self.device)
+        Yb = self.Y[torch.from_numpy(idx)].to(self.device)
+        return torch.as_tensor(idx, device=self.device), Xb, Yb
+
+
+@dataclass
+class _Run:
+    """Everything the epoch loop needs, resolved by :func:`fit`."""
+
+    model: CenterModel
+    projection: object
+    basis: object
+    rows: object  # _DeviceRows or _HostRows
+    n_outputs: int
+    batch_size: int
+    step_size: float
+    rng: np.random.Generator
+    order: torch.Tensor  # the given row of each center in the solver's order
+    check: tuple  # (positions, X, Y) of the check rows
+    ridge_on_rows: float  # the identity projection's ridge, added to the residual
+    result: FitResult
+
+    @property
+    def n(self) -> int:
+        return self.rows.Y.shape[0]
+
+    def check_loss(self, coef: torch.Tensor | None = None) -> float:
+        """Mean squared residual of ``coef`` (default: the model's) on the check rows."""
+        coef = self.model.coef if coef is None else coef
+        idx, X, Y = self.check
+        pred = self.model.products(X, coef)
+        if self.ridge_on_rows:
+            rows, local = self.model.owned(idx)
+            pred[rows] += self.ridge_on_rows * coef[local]
+        residual = self.model.reduce([pred])[0].sub_(Y)
+        return float(residual.pow(2).sum(dtype=torch.float64)) / max(residual.numel(), 1)
+
+
+def fit(
+    kernel: Kernel,
+    data: HostData | torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    centers: torch.Tensor | None = None,
+    device: torch.device,
+    dtype: torch.dtype,
+    n_epochs: int,
+    memory_budget: int,
+    batch_size: int | str = "auto",
+    step_size: float | str = "auto",
+    n_components: int | str = "auto",
+    subsample_size: int | str = "auto",
+    inner: dict | None = None,
+    ridge: float = 0.0,
+    rng: np.random.Generator | None = None,
+    comm: Communicator | None = None,
+    validation: tuple[torch.Tensor, Callable[[torch.Tensor], float]] | None = None,
+    n_iter_no_change: int | None = None,
+    callback: Callable[[int, Callable, dict], dict | None] | None = None,
+    verbose: int = 0,
+    no_exact_fit: str | None = None,
+) -> FitResult:
+    """Fit ``f = sum_j coef_j k(z_j, .)`` by EigenPro, with every setting resolved here.
+
+    Parameters
+    ----------
+    kernel : Kernel
+    data : HostData or Tensor of shape (n, d)
+        Training points. A :class:`~eigenpro.streaming.HostData` stays on the host and is
+        streamed batch by batch when ``centers`` is given; with ``centers=None`` the points
+        are moved to the device once.
+    targets : Tensor of shape (n, l)
+        In the training dtype (on the host or the device).
+    centers : Tensor of shape (p, d), optional
+        General centers on the host (EigenPro 3/4: memory O(p), the fixed point is the
+        least-squares fit on them). None: the training points (EigenPro 2).
+    device, dtype : torch.device, torch.dtype
+    n_epochs : int
+    memory_budget : int
+        Bytes available on the device (per rank).
+    batch_size, step_size, n_components, subsample_size : "auto" or number
+        ``m``, ``eta``, and the preconditioner's ``q`` and ``s``.
+    inner : dict, optional
+        Projection settings on general centers (:data:`~eigenpro.projections.INNER_KEYS`).
+        ``method``: ``"cholesky"`` (exact; chosen by "auto" up to
+        :data:`CHOLESKY_MAX_CENTERS` centers in one process, when the factor fits in a
+        quarter of the budget), ``"delayed"`` (EigenPro 4; "auto" beyond), ``"eigenpro"``
+        (tracked; "auto" with ``ridge > 0`` beyond the Cholesky limit).
+    ridge : float
+        EigenPro 2: solve ``(K + ridge I) coef = Y``; general centers: minimise
+        ``||K(X, Z) coef - Y||^2 + ridge coef^T K(Z, Z) coef``.
+    rng : numpy Generator
+        Draws subsamples and batches; seeded identically on every rank.
+    comm : Communicator, optional
+        Shards the centers over its ranks (default: one process).
+    validation : (X_val, score) pair, optional
+        ``score(predictions) -> float`` (higher is better) after each epoch; the best
+        epoch's coefficients are returned.
+    n_iter_no_change : int, optional
+        With ``validation``: stop after this many epochs without improvement.
+    callback : callable, optional
+        ``callback(epoch, predict, record)`` after each epoch (outside its clock), with
+        ``predict(X) -> f(X)`` and the epoch's history record so far; a returned dict is
+        merged into the record, and ``"stop": True`` in it ends the fit.
+    verbose : int
+        1: a progress bar per epoch.
+    no_exact_fit : str, optional
+        Why the problem has no exact fit, if known; fewer centers than points is detected
+        here. Such a fit halves the step when the loss stalls (:data:`PLATEAU_SIGNIFICANCE`).
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    DivergenceError
+        When the loss keeps diverging after the step was halved :data:`MAX_RETRIES` times;
+        its ``preconditioner`` and ``batch_size`` attributes say what was used.
     """
-    n, n_out = Y.shape
-    device = X.device
-    positions = torch.as_tensor(rng.permutation(n), device=device)
-    batches = torch.split(positions, batch_size)
-    epoch_loss = EpochLoss(device)
-    bar = tqdm(
-        batches,
-        desc=f"epoch {epoch}/{n_epochs}",
-        unit="batch",
-        leave=True,
-        disable=verbose < 1,
-        mininterval=0.5,
-    )
-    # One per-point rate for every batch: a short last batch then takes a proportionally
-    # smaller (still stable) step instead of a larger one.
-    rate = eta / batch_size
-    workspace = torch.empty(min(batch_size * n, max_block_elements), dtype=X.dtype, device=device)
-    keep = slice(0, n_sub)
-    # kernel_matmul reads the centers from `prepared` (subsample-first order).
-    for i, pos in enumerate(bar):
-        rows = order[pos]
-        Xb = X[rows]
-        if use_correction:
-            pred, kmat_subsample = kernel_matmul(
-                kernel,
-                Xb,
-                None,
-                coef,
-                prepared=prepared,
-                max_block_elements=max_block_elements,
-                keep_columns=keep,
-                workspace=workspace,
+    rng = np.random.default_rng() if rng is None else rng
+    comm = Communicator() if comm is None else comm
+    n = targets.shape[0]
+    if isinstance(data, HostData) and data.n_samples != n:
+        raise ValueError(f"data has {data.n_samples} rows but targets have {n}")
+    settings = dict(
+        device=device, dtype=dtype, memory_budget=memory_budget, batch_size=batch_size,
+        step_size=step_size, n_components=n_components, subsample_size=subsample_size,
+        ridge=ridge, rng=rng, comm=comm,
+    )  # fmt: skip
+    if centers is None:
+        run = _setup_training_points(kernel, data, targets, **settings)
+    else:
+        run = _setup_centers(kernel, data, targets, centers, inner=inner, **settings)
+        if centers.shape[0] < n:
+            no_exact_fit = "; ".join(
+                filter(None, [no_exact_fit, "the model has fewer centers than training points"])
             )
+    monitor = _Monitor(validation, n_iter_no_change, callback)
+    try:
+        return _train(run, n_epochs, monitor, no_exact_fit or None, verbose)
+    except DivergenceError as exc:
+        exc.preconditioner, exc.batch_size = run.result.preconditioner, run.batch_size
+        raise
+
+
+def _resolve_batch_and_step(precond, batch_size, step_size, max_batch, n, dtype, safety=1.0):
+    m = precond.auto_batch_size(max_batch, n) if batch_size == "auto" else batch_size
+    m = int(min(int(m), n))
+    if step_size == "auto":
+        return m, precond.step_size(m) * safety
+    return m, check_step_size(step_size, m, dtype)
+
+
+def _check_rows(rows, n: int) -> tuple:
+    idx = final_check_rows(n)
+    return rows.take(idx)
+
+
+def _setup_training_points(
+    kernel, data, targets, *, device, dtype, memory_budget, batch_size, step_size,
+    n_components, subsample_size, ridge, rng, comm,
+) -> _Run:  # fmt: skip
+    """EigenPro 2: the training points are the centers (identity projection)."""
+    X = (
+        data
+        if isinstance(data, torch.Tensor)
+        else data.take(np.arange(data.n_samples), dtype, device)
+    )
+    X, Y = X.to(device=device, dtype=dtype), targets.to(device=device, dtype=dtype)
+    (n, d), n_out = X.shape, Y.shape[1]
+    sized = subsample_size_for_budget(n, d, n_out, device, dtype, memory_budget)
+    s = _subsample(subsample_size, n, "subsample_size", sized)
+    lo, hi = comm.shard(n)
+    plan = memory_plan(hi - lo, d, n_out, s, device, dtype, memory_budget)
+    precond = build_preconditioner(
+        kernel, X, n_components=n_components, subsample_size=s,
+        max_batch_size=plan.max_batch_size, ridge=ridge, rng=rng, dtype=dtype,
+    )  # fmt: skip
+    m, eta = _resolve_batch_and_step(precond, batch_size, step_size, plan.max_batch_size, n, dtype)
+    # Centers in subsample-first order: the preconditioner's columns K(X_B, X_S) are then a
+    # contiguous slice of each kernel block, copied out tile by tile, and its update a slice
+    # of the coefficients. The data take the same order, so a batch's rows are centers.
+    order = _subsample_first(precond.subsample_indices, n)
+    X, Y = X[order], Y[order]
+    precond = dataclasses.replace(precond, subsample_indices=torch.arange(s, device=device))
+    model = CenterModel(
+        kernel, X[lo:hi], n_out, n_centers=n, lo=lo, comm=comm,
+        max_block_elements=plan.max_block_elements, keep_coordinates=False,
+    )  # fmt: skip
+    basis = local_basis(precond, model)
+    rows = _DeviceRows(X, Y)
+    result = FitResult(
+        coef=torch.empty(0), batch_size=m, preconditioner=precond, subsample_size=s,
+        inner={"method": "identity"}, world_size=comm.world_size, plan=plan,
+    )  # fmt: skip
+    return _Run(
+        model, IdentityProjection(model, basis, ridge), basis, rows, n_out, m, eta, rng,
+        order, _check_rows(rows, n), ridge, result,
+    )  # fmt: skip
+
+
+def _choose_method(method, p, itemsize, memory_budget, ridge, comm) -> str:
+    if method == "cholesky" and comm.is_distributed:
+        raise ValueError("inner method 'cholesky' cannot shard the centers; use 'delayed'")
+    if method == "delayed" and ridge:
+        raise ValueError(
+            "inner method 'delayed' does not support alpha > 0; use 'eigenpro' or 'cholesky'"
+        )
+    if method != "auto":
+        return method
+    fits = p <= CHOLESKY_MAX_CENTERS and 2 * p * p * itemsize <= memory_budget // 4
+    if fits and not comm.is_distributed:
+        return "cholesky"
+    return "eigenpro" if ridge else "delayed"
+
+
+def _subsample(value, p: int, name: str, sized: int) -> int:
+    """The requested subsample size, or ``sized`` (the automatic one fitted to the budget)."""
+    s = sized if value == "auto" else int(value)
+    if not 1 <= s <= p:
+        raise ValueError(f"{name}={s} must be between 1 and the number of centers ({p})")
+    return s
+
+
+def _setup_centers(
+    kernel, data, targets, centers, *, inner, device, dtype, memory_budget, batch_size,
+    step_size, n_components, subsample_size, ridge, rng, comm,
+) -> _Run:  # fmt: skip
+    """EigenPro 3/4: general centers, the data streamed from the host."""
+    inner = check_inner(inner)
+    (n, n_out), (p, d) = targets.shape, centers.shape
+    if data.n_features != d:
+        raise ValueError(f"data has {data.n_features} features but the centers have {d}")
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    method = _choose_method(inner["method"], p, itemsize, memory_budget, ridge, comm)
+    budget = memory_budget - (2 * p * p * itemsize if method == "cholesky" else 0)
+    sized = subsample_size_for_budget(p, d, n_out, device, dtype, budget)
+    s = _subsample(subsample_size, p, "subsample_size", sized)
+    s_in = (
+        0
+        if method == "cholesky"
+        else _subsample(inner["subsample_size"], p, "inner subsample_size", sized)
+    )
+    lo, hi = comm.shard(p)
+    plan = memory_plan(
+        hi - lo, d, n_out, s, device, dtype, budget, data_on_device=False,
+        inner_subsample_size=s_in,
+    )  # fmt: skip
+    precond, sub_coords = center_preconditioner(
+        kernel, centers, n_components=n_components, subsample_size=s,
+        max_batch_size=plan.max_batch_size, ridge=ridge, n_train=n, rng=rng, device=device,
+        dtype=dtype,
+    )  # fmt: skip
+    precond = _calibrate_on_data(kernel, data, precond, sub_coords, ridge, rng, device)
+    safety = TRACKING_SAFETY if method == "eigenpro" else 1.0
+    m, eta = _resolve_batch_and_step(
+        precond, batch_size, step_size, plan.max_batch_size, n, dtype, safety
+    )
+    order = _subsample_first(precond.subsample_indices.cpu(), p)
+    centers = centers[order]
+    precond.subsample_indices = torch.arange(s, device=device)
+    model = CenterModel(
+        kernel, centers[lo:hi].to(device), n_out, n_centers=p, lo=lo, comm=comm,
+        max_block_elements=plan.max_block_elements,
+    )  # fmt: skip
+    basis = local_basis(precond, model)
+    lift = None
+    if basis is not None:  # K(Z_r, X_S) E maps the preconditioner's q-vector to the centers
+        lift = kernel_matmul(
+            kernel, model.centers, sub_coords, precond.eigenvectors,
+            max_block_elements=plan.max_block_elements,
+        )  # fmt: skip
+    ridge_rate = ridge * m / n
+    if method == "cholesky":
+        projection = CholeskyProjection(model, basis, lift, ridge_rate)
+    else:
+        projection = _inner_projection(
+            model, centers, method, inner, s_in, plan, (basis, lift, ridge_rate), (n, m), rng
+        )
+    rows = _HostRows(data, targets, dtype, device)
+    result = FitResult(
+        coef=torch.empty(0), batch_size=m, preconditioner=precond, subsample_size=s,
+        inner=projection.settings(), world_size=comm.world_size, plan=plan,
+    )  # fmt: skip
+    return _Run(
+        model, projection, basis, rows, n_out, m, eta, rng, order, _check_rows(rows, n), 0.0,
+        result,
+    )  # fmt: skip
+
+
+def _inner_projection(model, centers, method, inner, s_in, plan, outer, sizes, rng):
+    """The tracked or delayed projection, with its inner EigenPro iteration on the centers."""
+    (basis, lift, ridge_rate), (n, m), p = outer, sizes, model.n_centers
+    precond, _ = center_preconditioner(
+        kernel=model.kernel, centers_host=centers, n_components=inner["n_components"],
+        subsample_size=s_in, max_batch_size=plan.max_batch_size, ridge=0.0, n_train=p,
+        rng=rng, device=model.device, dtype=model.dtype,
+    )  # fmt: skip
+    m_z = inner["batch_size"]
+    m_z = precond.auto_batch_size(plan.max_batch_size, p) if m_z == "auto" else int(m_z)
+    m_z = min(m_z, p)
+    eta_z = precond.step_size(m_z) if inner["step_size"] == "auto" else float(inner["step_size"])
+    if method == "delayed" and inner["step_size"] == "auto":
+        # A single pass must not overshoot: beyond the critical batch the EigenPro 2 step
+        # (up to 2 / lambda_{q+1}) relies on later steps to undo its overshoot.
+        eta_z = min(eta_z, STEP_SAFETY / precond.tail_eigenvalue)
+    solver = InnerEigenPro(model, precond, local_basis(precond, model), m_z, eta_z, rng)
+    n_steps = inner["n_steps"]
+    if method == "eigenpro":
+        if n_steps == "auto":
+            n_steps = max(1, math.ceil(INNER_PASSES_PER_EPOCH * m * p / (n * m_z)))
+        return TrackedProjection(model, basis, lift, ridge_rate, solver, int(n_steps))
+    if n_steps == "auto":  # one pass over the centers per projection, in enough steps
+        n_steps = max(math.ceil(p / m_z), MIN_PROJECTION_STEPS)
+    return DelayedProjection(model, basis, solver, int(n_steps), m)
+
+
+def _calibrate_on_data(kernel, data, precond, sub_coords, ridge, rng, device):
+    """Measure the preconditioned operator on a fresh sample of the data, which general
+    centers' eigensystem has not seen, and raise ``tail_eigenvalue`` and ``beta`` to what it
+    shows when larger.
+
+    The eigensystem comes from a subsample of the centers, which can be much smaller than the
+    data: deep eigenvalues are then underestimated and the step (about ``1 / lambda_{q+1}``)
+    would diverge. On a data sample ``X_P`` of size ``s_p`` the preconditioned operator is
+    ``(K_PP - K_PS E D E^T K_SP) / s_p``; its top eigenvalue (plus ``ridge / n``) bounds
+    ``lambda_{q+1}``, and its largest diagonal entry (plus ``ridge``), ``beta``: the
+    subsample's own points, where the flattening is exact, understate it. Together they set
+    the critical batch and the step.
+    """
+    n = data.n_samples
+    size = min(n, CALIBRATION_SAMPLE)
+    probe = data.take(np.sort(rng.choice(n, size=size, replace=False)), torch.float64, device)
+    vectors, scales = precond.eigenvectors.double(), precond.scales.double()
+    tail = preconditioned_top_eigenvalue(kernel, probe, sub_coords.double(), vectors, scales)
+    diagonal = kernel.diag(probe)
+    if precond.n_components:
+        lifted = kernel(probe, sub_coords.double()) @ vectors
+        diagonal = diagonal - (lifted.pow(2) * scales).sum(dim=1)
+    beta = float(diagonal.max()) + ridge
+    return dataclasses.replace(
+        precond,
+        tail_eigenvalue=max(precond.tail_eigenvalue, tail + ridge / n),
+        beta=max(precond.beta, beta),
+    )
+
+
+class _Monitor:
+    """Validation (best epoch, early stopping) and the user's callback after each epoch."""
+
+    def __init__(self, validation, n_iter_no_change, callback):
+        self.validation, self.callback = validation, callback
+        self.tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
+
+    def after_epoch(self, epoch: int, record: dict, model: CenterModel) -> bool:
+        """Score the epoch into ``record``; True when the fit should stop."""
+        stop = False
+        if self.tracker is not None:
+            X_val, score = self.validation
+            record["val_score"] = float(score(model.predict(X_val)))
+            stop = self.tracker.update(epoch, record["val_score"], model.coef)
+        if self.callback is not None:
+            record.update(self.callback(epoch, model.predict, dict(record)) or {})
+            stop = stop or bool(record.get("stop"))
+        return stop
+
+    @property
+    def best(self) -> tuple[torch.Tensor, int] | None:
+        if self.tracker is None or self.tracker.best_coef is None:
+            return None
+        return self.tracker.best_coef, self.tracker.best_epoch
+
+
+def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: int) -> FitResult:
+    """The epoch loop: epochs, divergence roll-backs, plateaus, validation."""
+    model, projection, result = run.model, run.projection, run.result
+    Y = run.rows.Y
+    zero_loss = max(float(Y.double().pow(2).mean()) if Y.numel() else 0.0, 1e-30)
+    check_zero = max(float(run.check[2].double().pow(2).mean()), 1e-30)
+    by_iterate = math.ceil(run.n / run.batch_size) < MIN_EPOCH_BATCHES  # judge final iterates
+    guard = DivergenceGuard(
+        [model, projection], check_zero if by_iterate else zero_loss, no_exact_fit,
+        [monitor.tracker] if monitor.tracker else [],
+    )  # fmt: skip
+    eta, epoch = check_step_size(run.step_size, run.batch_size, model.dtype), 1
+    best_running = math.inf  # lowest running loss of an accepted epoch
+    while epoch <= n_epochs:
+        guard.start_epoch(epoch)
+        start_check = run.check_loss() if epoch == n_epochs else None
+        start = time.perf_counter()
+        limit = math.inf if by_iterate else guard.loss_limit
+        loss, finished, stderr = _run_epoch(run, eta, limit, (epoch, n_epochs), verbose)
+        seconds = time.perf_counter() - start
+        judged, noise = loss, stderr
+        if by_iterate and finished:
+            judged, stderr = run.check_loss(), 0.0
+        problem = guard.problem(judged, finished, stderr)
+        record = {"epoch": epoch, "train_loss": loss, "val_score": None, "seconds": seconds,
+                  "step_size": eta}  # fmt: skip
+        inner_loss = projection.take_loss()
+        if inner_loss is not None:
+            record["inner_loss"] = inner_loss
+        stop = problem is None and monitor.after_epoch(epoch, record, model)
+        if problem is None and (stop or epoch == n_epochs):
+            best = monitor.best
+            final = judged if by_iterate and best is None else run.check_loss(best and best[0])
+            problem = guard.final_problem(final, check_zero, None if best else start_check)
+        if problem is not None:
+            resume = guard.roll_back(problem, eta, epoch)
+            eta /= 2
+            projection.halve_step()
+            guard.warn(problem, resume, eta)
+            del result.history[resume - 1 :]
+            epoch = resume
+            continue
+        plateau = no_exact_fit and loss > best_running - PLATEAU_SIGNIFICANCE * noise
+        best_running = min(best_running, loss)
+        guard.accept(epoch, judged, stderr)
+        result.history.append(record)
+        result.n_epochs = epoch
+        if stop:
+            break
+        if plateau:
+            eta /= 2
+        epoch += 1
+    best = monitor.best
+    coef, result.best_epoch = best if best else (model.coef, result.n_epochs)
+    result.coef = _unpermute(model.gather(coef), run.order.cpu())
+    result.step_size = eta
+    return result
+
+
+def _run_epoch(run: _Run, eta: float, loss_limit: float, epochs: tuple, verbose: int):
+    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging,
+    standard error of that mean)."""
+    model, projection, basis = run.model, run.projection, run.basis
+    n, m = run.n, run.batch_size
+    batches = np.array_split(run.rng.permutation(n), range(m, n, m))
+    epoch_loss = EpochLoss(model.device)
+    sync_every = 1 if model.device.type == "cpu" else 32  # a read-back stalls a GPU's queue
+    rate = eta / m  # one per-point rate: a short last batch takes a smaller step
+    bar = tqdm(
+        batches, desc="epoch {}/{}".format(*epochs), unit="batch", leave=True,
+        disable=verbose < 1, mininterval=0.5,
+    )  # fmt: skip
+    for i, idx in enumerate(bar):
+        idx, Xb, Yb = run.rows.take(np.sort(idx))  # sorted: locality for memmaps
+        block = model.block(Xb) if projection.needs_gradient else None
+        kept = None
+        if block is not None:
+            pred = block @ model.coef
+            kept = None if basis is None else block[:, basis.keep]
+        elif basis is not None:
+            pred, kept = model.products(Xb, keep_columns=basis.keep)
         else:
-            pred = kernel_matmul(
-                kernel, Xb, None, coef, prepared=prepared, max_block_elements=max_block_elements,
-                workspace=workspace,
-            )  # fmt: skip
-        residual = pred.sub_(Y[rows])
-        if ridge:
-            residual.add_(coef[pos], alpha=ridge)
+            pred = model.products(Xb)
+        parts = [pred] + ([] if basis is None else [basis.part(kept)])
+        summed = model.reduce(parts + projection.extra_parts(idx, Xb, pred))
+        residual = summed[0].sub_(Yb)
         epoch_loss.add(residual)
-        if use_correction:
-            correction = preconditioner.correction(kmat_subsample, residual)
-        coef.index_add_(0, pos, residual, alpha=-rate)
-        if use_correction:
-            coef[:n_sub].add_(correction, alpha=rate)
+        coords = None if basis is None else basis.coordinates(summed[1], residual)
+        projection.update(Step(idx, Xb, block, residual, coords, rate, summed[len(parts) :]))
+        del block, kept
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
-            running = epoch_loss.mean(n_out)
+            running = epoch_loss.mean(run.n_outputs)
             if not running_loss_ok(running, loss_limit, bar, verbose, epoch_loss.points / n):
                 return running, False, 0.0
+    projection.flush()
     bar.close()
-    return epoch_loss.mean(n_out), True, epoch_loss.stderr()
+    return epoch_loss.mean(run.n_outputs), True, epoch_loss.stderr()

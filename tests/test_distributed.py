@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-from eigenpro import EigenProRegressor, eigenpro3, estimators
+from eigenpro import EigenProRegressor, estimators, solver
 from eigenpro.distributed import Communicator
 
 pytestmark = pytest.mark.skipif(
@@ -60,11 +60,22 @@ def _data():
     return X, y, rng.normal(size=(100, 3))
 
 
-def test_two_gloo_ranks_match_a_single_process(tmp_path):
+PATHS = {
+    "eigenpro2": {**PARAMS, "n_centers": None, "inner_params": None},
+    "tracked": PARAMS,
+    "delayed": {**PARAMS, "inner_params": {"method": "delayed"}},
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_two_gloo_ranks_match_a_single_process(tmp_path, path):
+    """Every path shards its centers: EigenPro 2 (the training points), and general centers
+    with the tracked and the delayed projection."""
+    params = PATHS[path]
     X, y, X_test = _data()
     np.savez(tmp_path / "data.npz", X=X, y=y, X_test=X_test)
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.replace("{params}", repr(PARAMS)))
+    script.write_text(WORKER.replace("{params}", repr(params)))
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
     procs = [
         subprocess.Popen(
@@ -79,8 +90,10 @@ def test_two_gloo_ranks_match_a_single_process(tmp_path):
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out
 
-    single = EigenProRegressor(**PARAMS).fit(X, y)
-    assert single.world_size_ == 1 and single.inner_params_["method"] == "eigenpro"
+    single = EigenProRegressor(**params).fit(X, y)
+    assert single.world_size_ == 1
+    if params["n_centers"] is not None:
+        assert single.inner_params_["method"] == (params["inner_params"] or {})["method"]
     sharded = np.load(tmp_path / "pred.npy")
     np.testing.assert_allclose(sharded, single.predict(X_test), rtol=0, atol=1e-8)
 
@@ -113,7 +126,7 @@ def test_one_all_reduce_per_data_batch(monkeypatch, n_steps):
     comm = _CountingCommunicator()
     monkeypatch.setattr(estimators, "get_communicator", lambda: comm)
     per_epoch = []
-    original = eigenpro3._run_epoch
+    original = solver._run_epoch
 
     def counted(*args, **kwargs):
         before = comm.all_reduces
@@ -121,7 +134,7 @@ def test_one_all_reduce_per_data_batch(monkeypatch, n_steps):
         per_epoch.append(comm.all_reduces - before)
         return out
 
-    monkeypatch.setattr(eigenpro3, "_run_epoch", counted)
+    monkeypatch.setattr(solver, "_run_epoch", counted)
     X, y, _ = _data()
     params = {**PARAMS, "inner_params": {"method": "eigenpro", "n_steps": n_steps}}
     model = EigenProRegressor(**params).fit(X, y)
@@ -129,3 +142,21 @@ def test_one_all_reduce_per_data_batch(monkeypatch, n_steps):
     n_batches = -(-len(X) // model.batch_size_)
     steps = model.inner_params_["n_steps"]
     assert per_epoch == [n_batches * steps] * PARAMS["n_epochs"]
+
+
+def test_eigenpro2_path_costs_one_all_reduce_per_batch(monkeypatch):
+    comm = _CountingCommunicator()
+    monkeypatch.setattr(estimators, "get_communicator", lambda: comm)
+    per_epoch = []
+    original = solver._run_epoch
+
+    def counted(*args, **kwargs):
+        before = comm.all_reduces
+        out = original(*args, **kwargs)
+        per_epoch.append(comm.all_reduces - before)
+        return out
+
+    monkeypatch.setattr(solver, "_run_epoch", counted)
+    X, y, _ = _data()
+    model = EigenProRegressor(**PATHS["eigenpro2"]).fit(X, y)
+    assert per_epoch == [-(-len(X) // model.batch_size_)] * PARAMS["n_epochs"]
