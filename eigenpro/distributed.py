@@ -1,6 +1,6 @@
 """Multi-device training on ``torch.distributed``.
 
-The EigenPro 3 solver shards its centers and their coefficients across the ranks of a process
+The solver shards its centers and their coefficients across the ranks of a process
 group: rank ``r`` holds a contiguous slice of the centers. Every rank draws the same batches
 (same seed), computes the partial predictions of its slice, and one ``all_reduce(SUM)`` per
 step sums them; each rank then updates only its own slice. Launch with ``torchrun``::
@@ -13,7 +13,8 @@ step sums them; each rank then updates only its own slice. Launch with ``torchru
         --rdzv_backend=c10d --rdzv_endpoint=<host0>:29500 examples/distributed.py
 
 and call :func:`init_distributed` at the start of the script; the estimators detect the
-initialised process group and shard themselves (``n_centers`` must be set).
+initialised process group and shard themselves, on every path (the training points as
+centers, or ``n_centers``).
 """
 
 from __future__ import annotations

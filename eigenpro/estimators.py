@@ -585,10 +585,14 @@ callable or Kernel, default="gaussian"
     inner_params : dict, default=None
         Settings of the projection onto the centers (``n_centers`` set), each ``"auto"``
         when absent: ``method`` (``"cholesky"``: an exact factor of ``K(Z, Z)``, chosen by
-        ``"auto"`` for p <= 8000 in one process; ``"eigenpro"``: an inner EigenPro 2
-        iteration, warm-started), and for ``"eigenpro"`` its ``n_components``,
+        ``"auto"`` in one process when its ``2 p^2`` numbers fit in a quarter of the memory
+        budget; ``"eigenpro"``: an inner EigenPro 2 iteration tracking the projection,
+        warm-started, chosen otherwise; ``"delayed"``: EigenPro 4's delayed projection,
+        the batch points kept as temporary centers and projected every ``T`` batches, no
+        ``alpha`` yet), and for the last two the inner iteration's ``n_components``,
         ``subsample_size``, ``batch_size``, ``step_size`` and ``n_steps`` (inner steps per
-        data batch). The values used are in ``inner_params_``.
+        data batch, or per pass of a delayed projection). The values used are in
+        ``inner_params_``.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         ``"auto"`` uses the first GPU when one is available.
     dtype : {"float32", "float64"}, default="float32"
@@ -625,7 +629,7 @@ callable or Kernel, default="gaussian"
     inner_params_ : dict
         The projection settings used (``n_centers`` set only; None for unused ones).
     world_size_ : int
-        Ranks the centers were sharded over (``n_centers`` set only).
+        Ranks the centers were sharded over.
 
     See Also
     --------

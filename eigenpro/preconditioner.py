@@ -253,6 +253,35 @@ def preconditioned_top_eigenvalue(
     return float(top_eigensystem(matrix, 1, method="exact").eigenvalues[0])
 
 
+def _check_components(q: int, s: int, valid: int, precise: int, ratio: float, dtype) -> None:
+    """Reject a requested q beyond the numerically positive eigenvalues (``valid``); warn
+    when it flattens below what ``dtype`` resolves (``precise``; ``ratio``:
+    ``lambda_{q+1} / lambda_1``) or beyond a quarter of the subsample."""
+    if q >= valid:
+        raise ValueError(
+            f"n_components={q} is too large: eigenvalue {q + 1} of the subsample kernel matrix is "
+            f"numerically zero (only {valid} are positive). Use fewer components."
+        )
+    elif q >= precise:
+        warnings.warn(
+            f"n_components={q} flattens the spectrum to lambda_{{q+1}}/lambda_1 = "
+            f"{ratio:.1e}, below what {dtype} resolves reliably "
+            f"({PRECISION_FLOOR[dtype]:.0e}); the fit may diverge. Use fewer components or "
+            "dtype='float64'.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    elif q > default_max_components(s):
+        warnings.warn(
+            f"n_components={q} is more than a quarter of subsample_size={s}: Nystrom estimates "
+            "of eigenvalues that deep in the spectrum are unreliable, so the preconditioner "
+            "flattens less than asked (the step is set from a measurement on probe points) and "
+            "converges slowly. Use fewer components or a larger subsample_size.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def build_preconditioner(
     kernel: Kernel,
     centers: torch.Tensor,
@@ -339,29 +368,8 @@ def build_preconditioner(
     critical = (betas / lam)[: max(1, precise)]  # critical batch size of each usable q
     if n_components == "auto":
         q = auto_components(critical, max_batch_size)
-    elif q >= valid:
-        raise ValueError(
-            f"n_components={q} is too large: eigenvalue {q + 1} of the subsample kernel matrix is "
-            f"numerically zero (only {valid} are positive). Use fewer components."
-        )
-    elif q >= precise:
-        warnings.warn(
-            f"n_components={q} flattens the spectrum to lambda_{{q+1}}/lambda_1 = "
-            f"{float(raw[q] / raw[0]):.1e}, below what {dtype} resolves reliably "
-            f"({PRECISION_FLOOR[dtype]:.0e}); the fit may diverge. Use fewer components or "
-            "dtype='float64'.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    elif q > default_max_components(s):
-        warnings.warn(
-            f"n_components={q} is more than a quarter of subsample_size={s}: Nystrom estimates "
-            "of eigenvalues that deep in the spectrum are unreliable, so the preconditioner "
-            "flattens less than asked (the step is set from a measurement on probe points) and "
-            "converges slowly. Use fewer components or a larger subsample_size.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    else:
+        _check_components(q, s, valid, precise, float(raw[q] / raw[0]), dtype)
 
     vecs = eig.eigenvectors[:, :q] / math.sqrt(s)
     top = lam[:q]

@@ -64,6 +64,14 @@ CHOLESKY_JITTER = {torch.float32: 1e-6, torch.float64: 1e-12}
 #: The delayed projection keeps at most this many temporary centers per center (the paper's
 #: memory bound: about p extra rows), which sets T, the batches between projections.
 DELAY_ROWS_PER_CENTER = 1.0
+#: The delayed projection's inner passes stop when the squared residuals met in a pass fall
+#: below this share of the squared values projected, or after :data:`MAX_PROJECTION_PASSES`.
+#: The temporary centers of ``T`` steps form a function of large norm whose projection is
+#: small, so a rough projection is costly: one pass (6% residual) made MNIST fits diverge.
+PROJECTION_TOLERANCE = 1e-3
+MAX_PROJECTION_PASSES = 10
+#: Centers per block when the unprojected remainder ``K(Z, Z) delta`` is subtracted.
+CARRY_ROWS = 4096
 
 
 @dataclass
@@ -328,8 +336,9 @@ class InnerEigenPro:
         self.idx = self.batches.next()
         self.coords = model.reduce([model.coordinates(self.idx)])[0]
         self._next = None
-        self._total = torch.zeros((), dtype=torch.float64, device=model.device)
-        self._square = torch.zeros((), dtype=torch.float64, device=model.device)
+        # (sum of squared residuals, of squared targets) since take_loss, and this pass
+        self._since = torch.zeros(2, dtype=torch.float64, device=model.device)
+        self._pass = torch.zeros(2, dtype=torch.float64, device=model.device)
         self._count = 0
 
     def parts(self, solution: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
@@ -354,8 +363,11 @@ class InnerEigenPro:
         solution.index_add_(0, local, residual[rows], alpha=-rate)
         if self.basis is not None:
             self.basis.add_to(solution, self.basis.coordinates(parts[1], residual), rate)
-        self._total += residual.pow(2).sum(dtype=torch.float64)
-        self._square += target[local].pow(2).sum(dtype=torch.float64)
+        # This rank's rows only: summed over the ranks, the whole batch's.
+        step = torch.stack([residual[rows].pow(2).sum(dtype=torch.float64),
+                            target[local].pow(2).sum(dtype=torch.float64)])  # fmt: skip
+        self._since += step
+        self._pass += step
         self._count += residual.numel()
         self.idx, self.coords = self._next, next_coords
 
@@ -363,17 +375,28 @@ class InnerEigenPro:
         for _ in range(n_steps):
             self.absorb(self.model.reduce(self.parts(solution, target)), solution, target)
 
+    def solve(self, solution, target, steps_per_pass: int, tolerance: float, max_passes: int):
+        """Passes over the centers until the squared residuals met during a pass fall below
+        ``tolerance`` times the squared targets (or ``max_passes``); returns the passes."""
+        passes = 0
+        while passes < max_passes:
+            self._pass.zero_()
+            self.run(steps_per_pass, solution, target)
+            passes += 1
+            total, square = self.model.reduce([self._pass.clone()])[0]
+            if float(total) <= tolerance * float(square):
+                break
+        return passes
+
     def take_loss(self) -> float | None:
         """Mean squared inner residual since the last call, relative to the mean square of
         the targets it was measured against."""
         if not self._count:
             return None
-        total, square = self.model.reduce([torch.stack([self._total, self._square])])[0]
-        loss = float(total) / max(float(square), 1e-300)
-        self._total.zero_()
-        self._square.zero_()
+        total, square = self.model.reduce([self._since.clone()])[0]
+        self._since.zero_()
         self._count = 0
-        return loss
+        return float(total) / max(float(square), 1e-300)
 
     def settings(self, method: str, n_steps: int) -> dict:
         return {
@@ -424,12 +447,15 @@ class DelayedProjection:
     """EigenPro 4's delayed projection.
 
     The batch points join the model as temporary centers with weights ``-(eta / m) g``
-    (each rank keeps its share of every batch's rows), ``h`` accumulates their values at
-    the centers from the batch's kernel block, and the subsample's correction goes to the
-    coefficients directly. When the temporary centers fill their buffer (``T`` batches), one
-    pass of the inner iteration solves ``K(Z, Z) delta = h`` from zero, ``coef += delta`` and
-    the temporary centers are dropped. The projection's error only delays part of a step
-    (it is re-created by the next gradients), so the fixed point is the least-squares fit.
+    (each rank keeps its share of every batch's rows), so predictions between projections
+    are exact; ``h`` accumulates their values at the centers from the batch's kernel block,
+    and the subsample's correction goes to the coefficients directly. When the temporary
+    centers fill their buffer (``T`` batches, about p rows), passes of the inner iteration
+    solve ``K(Z, Z) delta = h`` from zero (until :data:`PROJECTION_TOLERANCE`),
+    ``coef += delta``, the temporary centers are dropped and ``h`` keeps only what the
+    passes left unprojected, ``h - K(Z, Z) delta``: no step is ever lost, so the fixed point
+    is the least-squares fit (dropping that remainder, as a single pass would, stalls far
+    from it: 6% from the fit after 150 full-batch epochs, against 3% when it is kept).
     """
 
     method = "delayed"
@@ -437,11 +463,11 @@ class DelayedProjection:
 
     def __init__(self, model, basis, inner: InnerEigenPro, n_steps: int, batch_size: int):
         self.model, self.basis, self.inner, self.n_steps = model, basis, inner, n_steps
-        comm = model.comm
-        share = math.ceil(batch_size / comm.world_size)
-        capacity = max(share, int(DELAY_ROWS_PER_CENTER * model.n_local))
-        self.batches_per_projection = max(1, capacity // share)
-        rows = self.batches_per_projection * share
+        # T from global sizes (the same on every rank); each rank keeps its share of a batch.
+        self.batches_per_projection = max(
+            1, int(DELAY_ROWS_PER_CENTER * model.n_centers) // batch_size
+        )
+        rows = self.batches_per_projection * math.ceil(batch_size / model.comm.world_size)
         d = model.centers.shape[1]
         self.temp_X = torch.empty(rows, d, dtype=model.dtype, device=model.device)
         self.temp_W = torch.empty(rows, model.coef.shape[1], dtype=model.dtype, device=model.device)
@@ -449,6 +475,7 @@ class DelayedProjection:
         self.pending = 0  # batches since the last projection
         self.values = torch.zeros_like(model.coef)  # h
         self.projections = 0
+        self.passes = 0
 
     def extra_parts(self, idx, X, pred) -> list:
         if self.used:
@@ -478,18 +505,27 @@ class DelayedProjection:
         if not self.pending:
             return
         delta = torch.zeros_like(self.model.coef)
-        self.inner.run(self.n_steps, delta, self.values)
-        self.model.coef += delta
-        self.values.zero_()
+        self.passes += self.inner.solve(
+            delta, self.values, self.n_steps, PROJECTION_TOLERANCE, MAX_PROJECTION_PASSES
+        )
+        model = self.model
+        model.coef += delta
+        # What the passes left unprojected stays pending: h -= K(Z, Z) delta.
+        for lo in range(0, model.n_centers, CARRY_ROWS):
+            idx = torch.arange(lo, min(lo + CARRY_ROWS, model.n_centers), device=model.device)
+            points = model.reduce([model.coordinates(idx)])[0]
+            applied = model.reduce([model.products(points, delta)])[0]
+            rows, local = model.owned(idx)
+            self.values[local] -= applied[rows]
         self.used = self.pending = 0
         self.projections += 1
 
     def state_dict(self) -> dict:
-        return {}
+        return {"values": self.values.clone()}  # taken between epochs: no temporary centers
 
     def load_state_dict(self, state: dict) -> None:
-        self.values.zero_()  # a roll-back drops the temporary centers
-        self.used = self.pending = 0
+        self.values.copy_(state["values"])
+        self.used = self.pending = 0  # a roll-back drops the temporary centers
 
     def halve_step(self) -> None:
         self.inner.step_size /= 2

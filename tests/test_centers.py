@@ -1,4 +1,4 @@
-"""EigenPro 3 (``n_centers``): exact references on small problems, streamed inputs, errors."""
+"""General centers (``n_centers``): exact references on small problems, streamed inputs, errors."""
 
 import numpy as np
 import pytest
