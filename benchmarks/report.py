@@ -128,23 +128,31 @@ def crossover(data: dict) -> str:
             "works in float64, which moves the measured crossover lower.")  # fmt: skip
 
 
-def throughput_section(data: dict, before: dict | None) -> list[str]:
+def throughput_section(data: dict, before: dict | None, repeats=()) -> list[str]:
+    """``repeats``: (label, after, before) of further runs, interleaved with the first."""
     out = ["### One epoch against the physical floor (MNIST, d = 784, float32)", "",
            f"Measured on: {_machine(data)}. Epoch: the fastest of "
            f"{data['settings'].get('epochs', 1)}. Floor: {data['floor']}.", ""]  # fmt: skip
     head = "| n | epoch s | floor s | ratio | peak RSS MiB | data MiB |"
     if before:
         head += " ratio before |"
+    for label, _, _ in repeats:
+        head += f" ratio ({label}) | before ({label}) |"
     out += [head, "|---" * (head.count("|") - 1) + "|"]
-    old = {r["n"]: r for r in before["results"]} if before else {}
+
+    def ratios(run):
+        return {r["n"]: f"{r['ratio_to_floor']:.3f}" for r in run["results"]} if run else {}
+
+    old = ratios(before)
     for r in data["results"]:
         line = (
             f"| {r['n']} | {r['epoch_seconds']:.1f} | {r['floor_seconds']:.1f} | "
             f"{r['ratio_to_floor']:.3f} | {r['peak_rss_mib']:.0f} | {r['data_mib']:.0f} |"
         )
         if before:
-            prev = old.get(r["n"])
-            line += f" {prev['ratio_to_floor']:.3f} |" if prev else " |"
+            line += f" {old.get(r['n'], '')} |"
+        for _, after_run, before_run in repeats:
+            line += f" {ratios(after_run).get(r['n'], '')} | {ratios(before_run).get(r['n'], '')} |"
         out.append(line)
     if before:
         code = before.get("code") or f"eigenpro {before['versions'].get('eigenpro_commit')}"
@@ -205,6 +213,49 @@ def scale_mnist_section(data: dict) -> list[str]:
         per_epoch = sum(r["epoch_seconds"]) / len(r["epoch_seconds"])
         out.append(f"| {names.get(key, key)} | {r['n_centers']} | {errors} | {per_epoch:.1f} | "
                    f"{r['setup_seconds']:.1f} |")  # fmt: skip
+    return out + [""]
+
+
+def large_model_section(data: dict) -> list[str]:
+    """Test error by epoch for each projection against the direct least-squares fit."""
+    out = ["### Large models: p general centers on MNIST (Gaussian bandwidth 5)", "",
+           f"Measured on: {_machine(data)}. Every run draws the same p centers (seed "
+           f"{data['settings'].get('seed')}); the direct solve is the least-squares fit on "
+           f"them in float64 (penalty {data['settings'].get('penalty')}).", ""]  # fmt: skip
+    epochs = max(len(r["test_error_pct"]) for runs in data["results"].values()
+                 for r in runs.values())  # fmt: skip
+    head = "| p | projection | " + " | ".join(f"ep {e}" for e in range(1, epochs + 1))
+    out += [head + " | s / epoch | fit s |", "|---" * (epochs + 4) + "|"]
+    for p, runs in data["results"].items():
+        for name, r in runs.items():
+            errors = [f"{e:.2f}" for e in r["test_error_pct"]]
+            errors += [""] * (epochs - len(errors))
+            per_epoch = r.get("epoch_seconds")
+            per_epoch = f"{sum(per_epoch) / len(per_epoch):.1f}" if per_epoch else ""
+            out.append(f"| {p} | {name} | " + " | ".join(errors)
+                       + f" | {per_epoch} | {r['fit_seconds']:.0f} |")  # fmt: skip
+    return out + ["", "Test error (%) after each epoch; the direct solve's single value is "
+                  "its error.", ""]  # fmt: skip
+
+
+def scale_centers_section(data: dict) -> list[str]:
+    """Seconds per epoch, memory and loss as the number of centers grows."""
+    out = ["### Large models at scale: synthetic d = 32, streamed from a memmap", "",
+           f"Measured on: {_machine(data)}; n = {data['results'][0]['n_train']}, "
+           f"memory_gb {data['settings'].get('memory_gb')}, "
+           f"{data['settings'].get('epochs')} epoch(s).", ""]  # fmt: skip
+    out += [
+        "| p | projection | s / epoch | set-up s | training loss | R^2 (20k rows) | "
+        "peak RSS MiB | dense p x p float32 GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        method = r["inner_params"]["method"] if r["method"] == "auto" else r["method"]
+        out.append(
+            f"| {r['n_centers']} | {r['method']} ({method}) | {r['seconds_per_epoch']:.0f} | "
+            f"{r['setup_seconds']:.0f} | {r['train_loss'][-1]:.4g} | {r['train_r2_20k']:.4f} | "
+            f"{_f(r['peak_rss_mib'], '.0f')} | {r['dense_p_by_p_gib_float32']:.1f} |"
+        )
     return out + [""]
 
 
@@ -284,10 +335,21 @@ def build() -> str:
         ("mnist_cuda", lambda d: mnist_section(d, "MNIST on a GPU")),
         ("cifar10", cifar_section),
         ("compare", compare_section),
-        ("throughput", lambda d: throughput_section(d, _load("throughput_before"))),
+        (
+            "throughput",
+            lambda d: throughput_section(
+                d,
+                _load("throughput_before"),
+                [("run 2", _load("throughput_r2"), _load("throughput_before_r2"))]
+                if _load("throughput_r2")
+                else (),
+            ),
+        ),  # fmt: skip
         ("sgd_vs_eigenpro", sgd_section),
         ("scale", scale_section),
         ("scale_mnist", scale_mnist_section),
+        ("large_model", large_model_section),
+        ("scale_centers", scale_centers_section),
         ("robustness", lambda d: robustness_section(d, _load("robustness_before"))),
     ]
     for name, render in sections:

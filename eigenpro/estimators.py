@@ -584,15 +584,16 @@ callable or Kernel, default="gaussian"
         ranks (see :func:`eigenpro.distributed.init_distributed`).
     inner_params : dict, default=None
         Settings of the projection onto the centers (``n_centers`` set), each ``"auto"``
-        when absent: ``method`` (``"cholesky"``: an exact factor of ``K(Z, Z)``, chosen by
-        ``"auto"`` in one process when its ``2 p^2`` numbers fit in a quarter of the memory
-        budget; ``"eigenpro"``: an inner EigenPro 2 iteration tracking the projection,
-        warm-started, chosen otherwise; ``"delayed"``: EigenPro 4's delayed projection,
-        the batch points kept as temporary centers and projected every ``T`` batches, no
-        ``alpha`` yet), and for the last two the inner iteration's ``n_components``,
-        ``subsample_size``, ``batch_size``, ``step_size`` and ``n_steps`` (inner steps per
-        data batch, or per pass of a delayed projection). The values used are in
-        ``inner_params_``.
+        when absent: ``method`` (``"delayed"``: EigenPro 4's delayed projection, the batch
+        points kept as temporary centers and projected every ``T`` batches, exactly by a
+        Cholesky factor of ``K(Z, Z)`` when its ``2 p^2`` numbers fit in a quarter of the
+        memory budget in one process (then chosen by ``"auto"``), else by inner EigenPro
+        passes; no ``alpha`` yet; ``"cholesky"``: the exact factor after every step, chosen
+        by ``"auto"`` with ``alpha > 0``; ``"eigenpro"``: an inner EigenPro 2 iteration
+        tracking the projection, warm-started, chosen when the factor does not fit), and for
+        the inexact ones the inner iteration's ``n_components``, ``subsample_size``,
+        ``batch_size``, ``step_size`` and ``n_steps`` (inner steps per data batch, or per
+        pass of a delayed projection). The values used are in ``inner_params_``.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         ``"auto"`` uses the first GPU when one is available.
     dtype : {"float32", "float64"}, default="float32"

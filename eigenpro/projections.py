@@ -46,6 +46,7 @@ __all__ = [
     "DelayedProjection",
     "IdentityProjection",
     "LocalBasis",
+    "Projection",
     "Step",
     "TrackedProjection",
     "check_inner",
@@ -171,7 +172,45 @@ class Step:
     extras: list
 
 
-class IdentityProjection:
+class Projection:
+    """The protocol every projection follows, with the defaults of one that keeps no state
+    of its own: ``extra_parts`` (partial sums riding on the batch's all_reduce, and additions
+    to its partial predictions), ``update`` (apply the step), ``flush`` (finish pending work
+    before the model is evaluated), ``state_dict``/``load_state_dict`` (roll-backs),
+    ``halve_step`` (of an inner iteration), ``take_loss`` (an inner residual for the
+    history) and ``settings`` (what it used)."""
+
+    method = ""
+    needs_gradient = True
+    #: Whether the coefficients alone are the model (no step pending elsewhere).
+    settled = True
+
+    def extra_parts(self, idx: torch.Tensor, X: torch.Tensor, pred: torch.Tensor) -> list:
+        return []
+
+    def update(self, step: Step) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def halve_step(self) -> None:
+        pass
+
+    def take_loss(self) -> float | None:
+        return None
+
+    def settings(self) -> dict:
+        return {"method": self.method}
+
+
+class IdentityProjection(Projection):
     """EigenPro 2: the centers are the training points, the batch's rows are centers.
 
     ``coef_B -= (eta / m) (g + ridge coef_B)``; the fixed point solves
@@ -196,26 +235,8 @@ class IdentityProjection:
         if step.coords is not None:
             self.basis.add_to(self.model.coef, step.coords, step.rate)
 
-    def flush(self) -> None:
-        pass
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def halve_step(self) -> None:
-        pass
-
-    def take_loss(self) -> float | None:
-        return None
-
-    def settings(self) -> dict:
-        return {"method": self.method}
-
-
-class _ValuesProjection:
+class _ValuesProjection(Projection):
     """Projections that follow ``b``, the values of the functional iterate at the centers
     (``b = K(Z, Z) coef`` at convergence)::
 
@@ -224,8 +245,6 @@ class _ValuesProjection:
     and set ``coef`` from ``b``. With ``ridge``, the fixed point minimises
     ``||K(X, Z) coef - Y||^2 + ridge coef^T K(Z, Z) coef``.
     """
-
-    needs_gradient = True
 
     def __init__(self, model: CenterModel, basis: LocalBasis | None, lift, ridge_rate: float):
         self.model, self.basis, self.lift = model, basis, lift
@@ -252,9 +271,6 @@ class _ValuesProjection:
     def after_update(self) -> None:
         raise NotImplementedError
 
-    def flush(self) -> None:
-        pass
-
     def state_dict(self) -> dict:
         return {"target": self.target.clone()}
 
@@ -262,48 +278,41 @@ class _ValuesProjection:
         self.target.copy_(state["target"])
 
 
+def cholesky_factor(model: CenterModel) -> tuple[torch.Tensor, float]:
+    """A Cholesky factor of ``K(Z, Z) + jitter I`` (one process) and its jitter: relative to
+    the largest diagonal, grown until the factorisation succeeds. It changes how fast the
+    tiniest eigendirections move, not the fixed point."""
+    kmat = model.kernel(model.centers, model.centers)
+    if not torch.isfinite(kmat).all():
+        raise ValueError("the kernel matrix of the centers contains NaN or infinite values")
+    scale = float(kmat.diagonal().abs().max()) or 1.0
+    jitter = CHOLESKY_JITTER[model.dtype] * scale
+    eye = torch.eye(len(kmat), dtype=kmat.dtype, device=kmat.device)
+    for _ in range(8):
+        factor, info = torch.linalg.cholesky_ex(kmat + jitter * eye)
+        if int(info) == 0:
+            return factor, jitter
+        jitter *= 10
+    raise ValueError(
+        "the kernel matrix of the centers is not positive definite even with a jitter "
+        f"of {jitter:.1e}; check the kernel, or use inner_params={{'method': 'eigenpro'}}"
+    )
+
+
 class CholeskyProjection(_ValuesProjection):
     """``coef = (K(Z, Z) + jitter I)^-1 b`` after every step, by a Cholesky factor.
 
-    For p centers in one process (``2 p^2`` numbers). The jitter (relative to the largest
-    diagonal, grown until the factorisation succeeds) changes how fast the tiniest
-    eigendirections move, not the fixed point: that is set by the data step on ``b``.
+    For p centers in one process (``2 p^2`` numbers; :func:`cholesky_factor`).
     """
 
     method = "cholesky"
 
     def __init__(self, model, basis, lift, ridge_rate):
         super().__init__(model, basis, lift, ridge_rate)
-        kmat = model.kernel(model.centers, model.centers)
-        if not torch.isfinite(kmat).all():
-            raise ValueError("the kernel matrix of the centers contains NaN or infinite values")
-        scale = float(kmat.diagonal().abs().max()) or 1.0
-        jitter = CHOLESKY_JITTER[model.dtype] * scale
-        eye = torch.eye(len(kmat), dtype=kmat.dtype, device=kmat.device)
-        for _ in range(8):
-            factor, info = torch.linalg.cholesky_ex(kmat + jitter * eye)
-            if int(info) == 0:
-                break
-            jitter *= 10
-        else:
-            raise ValueError(
-                "the kernel matrix of the centers is not positive definite even with a jitter "
-                f"of {jitter:.1e}; check the kernel, or use inner_params={{'method': 'eigenpro'}}"
-            )
-        del kmat, eye
-        self.factor, self.jitter = factor, jitter
+        self.factor, self.jitter = cholesky_factor(model)
 
     def after_update(self) -> None:
         self.model.coef.copy_(torch.cholesky_solve(self.target, self.factor))
-
-    def halve_step(self) -> None:
-        pass
-
-    def take_loss(self) -> float | None:
-        return None
-
-    def settings(self) -> dict:
-        return {"method": self.method}
 
 
 class _InnerBatches:
@@ -443,15 +452,16 @@ class TrackedProjection(_ValuesProjection):
         return self.inner.settings(self.method, self.n_steps)
 
 
-class DelayedProjection:
+class DelayedProjection(Projection):
     """EigenPro 4's delayed projection.
 
     The batch points join the model as temporary centers with weights ``-(eta / m) g``
     (each rank keeps its share of every batch's rows), so predictions between projections
     are exact; ``h`` accumulates their values at the centers from the batch's kernel block,
     and the subsample's correction goes to the coefficients directly. When the temporary
-    centers fill their buffer (``T`` batches, about p rows), passes of the inner iteration
-    solve ``K(Z, Z) delta = h`` from zero (until :data:`PROJECTION_TOLERANCE`),
+    centers fill their buffer (``T`` batches, about p rows), ``K(Z, Z) delta = h`` is solved
+    by a Cholesky factor when one fits (exact), else by passes of the inner iteration from
+    zero (until :data:`PROJECTION_TOLERANCE`),
     ``coef += delta``, the temporary centers are dropped and ``h`` keeps only what the
     passes left unprojected, ``h - K(Z, Z) delta``: no step is ever lost, so the fixed point
     is the least-squares fit (dropping that remainder, as a single pass would, stalls far
@@ -459,10 +469,10 @@ class DelayedProjection:
     """
 
     method = "delayed"
-    needs_gradient = True
 
-    def __init__(self, model, basis, inner: InnerEigenPro, n_steps: int, batch_size: int):
+    def __init__(self, model, basis, inner, n_steps: int, batch_size: int, factor=None):
         self.model, self.basis, self.inner, self.n_steps = model, basis, inner, n_steps
+        self.factor = factor  # a Cholesky factor of K(Z, Z): exact projections
         # T from global sizes (the same on every rank); each rank keeps its share of a batch.
         self.batches_per_projection = max(
             1, int(DELAY_ROWS_PER_CENTER * model.n_centers) // batch_size
@@ -504,11 +514,17 @@ class DelayedProjection:
         """Project the temporary centers onto the centers and drop them."""
         if not self.pending:
             return
+        model = self.model
+        self.projections += 1
+        self.used = self.pending = 0
+        if self.factor is not None:
+            model.coef += torch.cholesky_solve(self.values, self.factor)
+            self.values.zero_()
+            return
         delta = torch.zeros_like(self.model.coef)
         self.passes += self.inner.solve(
             delta, self.values, self.n_steps, PROJECTION_TOLERANCE, MAX_PROJECTION_PASSES
         )
-        model = self.model
         model.coef += delta
         # What the passes left unprojected stays pending: h -= K(Z, Z) delta.
         for lo in range(0, model.n_centers, CARRY_ROWS):
@@ -517,23 +533,28 @@ class DelayedProjection:
             applied = model.reduce([model.products(points, delta)])[0]
             rows, local = model.owned(idx)
             self.values[local] -= applied[rows]
-        self.used = self.pending = 0
-        self.projections += 1
+
+    @property
+    def settled(self) -> bool:
+        return self.pending == 0
 
     def state_dict(self) -> dict:
-        return {"values": self.values.clone()}  # taken between epochs: no temporary centers
+        return {"values": self.values.clone()}  # taken when settled: no temporary centers
 
     def load_state_dict(self, state: dict) -> None:
         self.values.copy_(state["values"])
         self.used = self.pending = 0  # a roll-back drops the temporary centers
 
     def halve_step(self) -> None:
-        self.inner.step_size /= 2
+        if self.inner is not None:
+            self.inner.step_size /= 2
 
     def take_loss(self) -> float | None:
-        return self.inner.take_loss()
+        return None if self.inner is None else self.inner.take_loss()
 
     def settings(self) -> dict:
+        if self.inner is None:
+            return {"method": self.method}
         return self.inner.settings(self.method, self.n_steps)
 
 

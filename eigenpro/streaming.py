@@ -74,6 +74,19 @@ class HostData:
         positions = np.asarray(positions, dtype=np.int64)
         return HostData(self.X, positions if self.rows is None else self.rows[positions])
 
+    def whole(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """All rows as one tensor on ``device``: without a copy when they already are a
+        contiguous CPU array of ``dtype`` (checked for NaN and infinity all the same)."""
+        X = self.X
+        if self.rows is None and device.type == "cpu" and not self._is_tensor:
+            if X.flags.c_contiguous and X.dtype == torch.empty(0, dtype=dtype).numpy().dtype:
+                view = torch.from_numpy(X) if X.flags.writeable else None
+                if view is not None:
+                    if not torch.isfinite(view).all():
+                        self.take(np.arange(self.n_samples), dtype, device)  # names the row
+                    return view
+        return self.take(np.arange(self.n_samples), dtype, device)
+
     def take(
         self,
         positions: np.ndarray,
