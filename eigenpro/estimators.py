@@ -329,7 +329,7 @@ class _BaseEigenPro(BaseEstimator):
             repeated = repeated_rows_with_other_targets(X, Y)
             rows = _sample_rows(X, seed)
         else:  # a constant sample proves a single distinct row only when it is the whole data
-            single, repeated = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0), None
+            single, repeated = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0), 0
         diagnosis = diagnose(
             kernel, rows, resolve_dtype(self.dtype), bandwidth_fixed=self.bandwidth != "auto",
             single_row=single, repeated=repeated, ridge=float(self.alpha),

@@ -189,6 +189,7 @@ class Projection:
         return []
 
     def update(self, step: Step) -> None:
+        """Apply the step to the model (every projection defines it)."""
         raise NotImplementedError
 
     def flush(self) -> None:
@@ -269,6 +270,7 @@ class _ValuesProjection(Projection):
         self.after_update()
 
     def after_update(self) -> None:
+        """Set the coefficients from the values ``b`` (each subclass defines it)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -484,8 +486,6 @@ class DelayedProjection(Projection):
         self.used = 0
         self.pending = 0  # batches since the last projection
         self.values = torch.zeros_like(model.coef)  # h
-        self.projections = 0
-        self.passes = 0
 
     def extra_parts(self, idx, X, pred) -> list:
         if self.used:
@@ -515,14 +515,13 @@ class DelayedProjection(Projection):
         if not self.pending:
             return
         model = self.model
-        self.projections += 1
         self.used = self.pending = 0
         if self.factor is not None:
             model.coef += torch.cholesky_solve(self.values, self.factor)
             self.values.zero_()
             return
         delta = torch.zeros_like(self.model.coef)
-        self.passes += self.inner.solve(
+        self.inner.solve(
             delta, self.values, self.n_steps, PROJECTION_TOLERANCE, MAX_PROJECTION_PASSES
         )
         model.coef += delta

@@ -757,11 +757,6 @@ def _resolve_batch_and_step(precond, batch_size, step_size, max_batch, n, dtype,
     return m, check_step_size(step_size, m, dtype)
 
 
-def _check_rows(rows, n: int) -> tuple:
-    idx = final_check_rows(n)
-    return rows.take(idx)
-
-
 def _setup_training_points(
     kernel, data, targets, *, device, dtype, memory_budget, batch_size, step_size,
     n_components, subsample_size, ridge, rng, comm,
@@ -797,7 +792,7 @@ def _setup_training_points(
     )  # fmt: skip
     return _Run(
         model, IdentityProjection(model, basis, ridge), basis, rows, n_out, m, eta, rng,
-        order, _check_rows(rows, n), ridge, result,
+        order, rows.take(final_check_rows(n)), ridge, result,
     )  # fmt: skip
 
 
@@ -895,9 +890,9 @@ def _setup_centers(
         coef=torch.empty(0), batch_size=m, preconditioner=precond, subsample_size=s,
         inner=projection.settings(), world_size=comm.world_size, plan=plan,
     )  # fmt: skip
+    check = rows.take(final_check_rows(n))
     return _Run(
-        model, projection, basis, rows, n_out, m, eta, rng, order, _check_rows(rows, n), 0.0,
-        result,
+        model, projection, basis, rows, n_out, m, eta, rng, order, check, 0.0, result
     )  # fmt: skip
 
 
