@@ -59,7 +59,7 @@ def versions() -> dict:
 
     import eigenpro
 
-    return {
+    out = {
         "python": platform.python_version(),
         "eigenpro": eigenpro.__version__,
         "eigenpro_commit": _git_commit(Path(eigenpro.__file__).parent),
@@ -68,6 +68,13 @@ def versions() -> dict:
         "scipy": scipy.__version__,
         "scikit-learn": sklearn.__version__,
     }
+    try:
+        import falkon
+
+        out["falkon"] = falkon.__version__
+    except ImportError:
+        pass
+    return out
 
 
 def machine(device: torch.device | str = "cpu") -> dict:
@@ -86,10 +93,48 @@ def machine(device: torch.device | str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
         "device": str(device),
+        "cpu_caches": cpu_caches(),
     }
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def cpu_caches() -> dict:
+    """The first CPU's caches as Linux describes them, e.g. ``{"L2": "1024K", "L3": "32768K"}``
+    (empty elsewhere), and the CPUs sharing each: a figure can be traced to its machine."""
+    out = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size, shared = (
+                (index / name).read_text().strip()
+                for name in ("level", "type", "size", "shared_cpu_list")
+            )
+        except OSError:
+            continue
+        if kind != "Instruction":
+            out[f"L{level}"] = f"{size} (CPUs {shared})"
+    return out
+
+
+def falkon_fit(X, Y, n_centers: int, penalty: float, seed: int, bandwidth: float,
+               maxiter: int = 10):  # fmt: skip
+    """Falkon (Rudi, Carratino & Rosasco, 2017; FalkonML/falkon) at ``M = n_centers`` with its
+    Gaussian kernel (same parameterisation as ours), on the GPU when there is one, with
+    ``maxiter`` conjugate-gradient iterations. Returns (fitted model, fit seconds), or None
+    when ``import falkon`` fails (it is optional: see the README to install it)."""
+    try:
+        import falkon
+    except ImportError:
+        return None
+    options = falkon.FalkonOptions(use_cpu=not torch.cuda.is_available())
+    model = falkon.Falkon(
+        kernel=falkon.kernels.GaussianKernel(sigma=bandwidth), penalty=penalty, M=n_centers,
+        maxiter=maxiter, seed=seed, options=options,
+    )  # fmt: skip
+    start = time.perf_counter()
+    model.fit(torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.as_tensor(X).dtype))
+    return model, time.perf_counter() - start
 
 
 def _status_mib(field: str) -> float | None:

@@ -8,7 +8,11 @@ For each n (default 5000, 10000, 20000, 60000 training images; the 10000 test im
   ``--sgd-max-epochs`` x EigenPro's epochs and ``--sgd-max-seconds``);
 * exact ``sklearn.kernel_ridge.KernelRidge`` (same kernel, ``alpha=1e-6``) where its n x n
   float64 matrix fits in memory;
-* ``Nystroem(n_components=2000 and 5000) + Ridge`` (same kernel, ``alpha=1e-3``).
+* ``Nystroem(n_components=2000 and 5000) + Ridge`` (same kernel, ``alpha=1e-3``);
+* Falkon, when ``import falkon`` works (see the README), at M = 10000 and 20000 centers and 10
+  conjugate-gradient iterations, its penalty chosen from ``--falkon-penalties`` by the error on
+  a held-out tenth of the training set, then refitted on all of it (the seconds reported are
+  the refit's; the tuning's are recorded beside them).
 
 Figures per method: fit seconds, predict seconds, test error and peak resident memory. The
 training loss compared is the mean squared residual over each epoch's batches (the solver's
@@ -16,6 +20,7 @@ running loss) for both iterative methods. Nothing is tuned on the test set.
 
     python benchmarks/compare.py
     python benchmarks/compare.py --n-train 5000 10000 --epochs 3
+    python benchmarks/compare.py --n-train 60000 --only falkon --merge   # add one peer
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import (
+    falkon_fit,
     iterate_until,
     load_mnist_scaled,
     machine,
@@ -58,6 +64,7 @@ BANDWIDTH = 5.0
 GAMMA = 1 / (2 * BANDWIDTH**2)  # scikit-learn's rbf parameterisation of the same kernel
 KRR_ALPHA = 1e-6
 NYSTROEM_ALPHA = 1e-3
+PEERS = ["eigenpro", "kernel_ridge", "nystroem", "falkon"]
 
 
 def timed_fit(make, X, y, X_test, y_test, device="cpu", fit_kwargs=None):
@@ -166,36 +173,71 @@ def nystroem_ridge(X, y, X_test, y_test, n_components, args):
     return out
 
 
+def falkon_peer(X, y, X_test, y_test, n_centers, args):
+    """Falkon at M = ``n_centers``, the penalty tuned on a held-out tenth of the training set."""
+    if n_centers >= len(X):
+        return {"skipped": f"M={n_centers} >= n"}
+    held = np.random.default_rng(args.seed).permutation(len(X))
+    cut = len(X) // 10
+    val, fit_rows = np.sort(held[:cut]), np.sort(held[cut:])
+    Y = np.eye(10, dtype=X.dtype)[y]
+    errors, tuning_seconds = {}, 0.0
+    for penalty in args.falkon_penalties:
+        fitted = falkon_fit(X[fit_rows], Y[fit_rows], n_centers, penalty, args.seed, BANDWIDTH)
+        if fitted is None:
+            return {"skipped": "falkon is not installed"}
+        model, seconds = fitted
+        tuning_seconds += seconds
+        labels = model.predict(torch.from_numpy(X[val])).argmax(1).numpy()
+        errors[penalty] = 100 * float((labels != y[val]).mean())
+    penalty = min(errors, key=errors.get)
+    with peak_memory("cpu") as mem:
+        model, seconds = falkon_fit(X, Y, n_centers, penalty, args.seed, BANDWIDTH)
+        start = time.perf_counter()
+        labels = model.predict(torch.from_numpy(X_test)).argmax(1).numpy()
+        predict_seconds = time.perf_counter() - start
+    return {
+        "fit_seconds": seconds,
+        "predict_seconds": predict_seconds,
+        "test_error_pct": 100 * float((labels != y_test).mean()),
+        "peak_rss_mib": mem["peak_mib"],
+        "penalty": penalty,
+        "validation_error_pct": {str(k): v for k, v in errors.items()},
+        "tuning_seconds": tuning_seconds,
+    }
+
+
 def main():
     p = parser(__doc__.splitlines()[0], n_train=[5000, 10000, 20000, 60000], epochs=5, multi_n=True)
     p.add_argument("--sgd-max-epochs", type=int, default=10, help="x EigenPro's epochs")
     p.add_argument("--sgd-max-seconds", type=float, default=600.0)
     p.add_argument("--krr-max-n", type=int, default=30000)
     p.add_argument("--nystroem", type=int, nargs="+", default=[2000, 5000])
+    p.add_argument("--falkon-centers", type=int, nargs="*", default=[10000, 20000])
+    p.add_argument("--falkon-penalties", type=float, nargs="+", default=[1e-8, 1e-6])
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=PEERS,
+        default=PEERS,
+        help="the methods to run (others are kept from <out>/compare.json with --merge)",
+    )
     p.add_argument("--merge", action="store_true",
-                   help="keep the rows of other n already in <out>/compare.json")  # fmt: skip
+                   help="keep the rows of other n (and, with --only, the other methods of the "
+                        "same n) already in <out>/compare.json")  # fmt: skip
     args = p.parse_args()
     device = resolve_device(args.device)
     X_all, y_all, X_test, y_test = load_mnist_scaled(args.data_dir, max(args.n_train))
     rows = []
     previous = args.out / "compare.json"
     if args.merge and previous.exists():
-        kept = json.loads(previous.read_text())["results"]
-        rows = [r for r in kept if r["n"] not in args.n_train]
+        rows = json.loads(previous.read_text())["results"]
     for n in args.n_train:
         X, y = np.ascontiguousarray(X_all[:n]), y_all[:n]
         print(f"=== n = {n}")
-        eigenpro, sgd = eigenpro_and_sgd(X, y, X_test, y_test, args, device)
-        row = {"n": n, "eigenpro": eigenpro, "plain_sgd": sgd}
-        print(f"EigenPro: {_fmt(eigenpro)}; plain SGD after {args.epochs} epochs: "
-              f"{sgd.get('test_error_pct_same_epochs')}% ; epochs to EigenPro's loss: "
-              f"{sgd['epochs_to_target']} (ran {sgd['epochs_run']})")  # fmt: skip
-        row["kernel_ridge"] = kernel_ridge(X, y, X_test, y_test, args)
-        print(f"KernelRidge: {_fmt(row['kernel_ridge'])}")
-        for c in args.nystroem:
-            row[f"nystroem_{c}"] = nystroem_ridge(X, y, X_test, y_test, c, args)
-            print(f"Nystroem {c} + Ridge: {_fmt(row[f'nystroem_{c}'])}")
-        rows.append(row)
+        row = next((r for r in rows if r["n"] == n), {"n": n})
+        rows = [r for r in rows if r["n"] != n] + [row]
+        row.update(run_peers(X, y, X_test, y_test, args, device))
         rows.sort(key=lambda r: r["n"])
         payload = {
             "study": "compare",
@@ -216,6 +258,27 @@ def main():
     plot(rows, plot_path(args.out, "compare"))
 
 
+def run_peers(X, y, X_test, y_test, args, device) -> dict:
+    """The methods of ``--only`` on one training set, keyed as in the JSON rows."""
+    out = {}
+    if "eigenpro" in args.only:
+        eigenpro, sgd = eigenpro_and_sgd(X, y, X_test, y_test, args, device)
+        out.update(eigenpro=eigenpro, plain_sgd=sgd)
+        print(f"EigenPro: {_fmt(eigenpro)}; plain SGD after {args.epochs} epochs: "
+              f"{sgd.get('test_error_pct_same_epochs')}% ; epochs to EigenPro's loss: "
+              f"{sgd['epochs_to_target']} (ran {sgd['epochs_run']})")  # fmt: skip
+    if "kernel_ridge" in args.only:
+        out["kernel_ridge"] = kernel_ridge(X, y, X_test, y_test, args)
+        print(f"KernelRidge: {_fmt(out['kernel_ridge'])}")
+    for c in args.nystroem if "nystroem" in args.only else []:
+        out[f"nystroem_{c}"] = nystroem_ridge(X, y, X_test, y_test, c, args)
+        print(f"Nystroem {c} + Ridge: {_fmt(out[f'nystroem_{c}'])}")
+    for c in args.falkon_centers if "falkon" in args.only else []:
+        out[f"falkon_{c}"] = falkon_peer(X, y, X_test, y_test, c, args)
+        print(f"Falkon M = {c}: {_fmt(out[f'falkon_{c}'])}")
+    return out
+
+
 def _fmt(run):
     if "skipped" in run:
         return f"skipped ({run['skipped']})"
@@ -229,14 +292,14 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    methods = [k for k in rows[0] if k != "n"]
+    methods = list(dict.fromkeys(k for r in rows for k in r if k != "n"))
     for method in methods:
         pts = [
             (r[method]["fit_seconds"] if method != "plain_sgd" else r[method].get(
                 "fit_seconds_same_epochs"),
              r[method]["test_error_pct"] if method != "plain_sgd" else r[method].get(
                 "test_error_pct_same_epochs"), r["n"])
-            for r in rows if "skipped" not in r[method]
+            for r in rows if method in r and "skipped" not in r[method]
         ]  # fmt: skip
         pts = [p for p in pts if p[0] is not None]
         if not pts:

@@ -100,8 +100,12 @@ def compare_section(data: dict) -> list[str]:
                     f"{_f(run.get('test_error_pct_same_epochs'))} | {run['peak_rss_mib']:.0f} |"
                 )
                 continue
+            name = method.replace("_", " ")
+            if "penalty" in run:  # Falkon: its penalty was chosen on a held-out split
+                name += (f" (penalty {run['penalty']:g} chosen on held-out training data in "
+                         f"{run['tuning_seconds']:.0f} s)")  # fmt: skip
             out.append(
-                f"| {row['n']} | {method.replace('_', ' ')} | {run['fit_seconds']:.1f} | "
+                f"| {row['n']} | {name} | {run['fit_seconds']:.1f} | "
                 f"{run['predict_seconds']:.1f} | {run['test_error_pct']:.2f} | "
                 f"{run['peak_rss_mib']:.0f} |"
             )

@@ -7,8 +7,10 @@ Every other module receives an already resolved :class:`torch.device` and
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,3 +134,39 @@ def resolve_memory_budget(memory_gb: float | str, device: torch.device) -> int:
     if not np.isfinite(memory_gb) or memory_gb <= 0:
         raise ValueError(f"memory_gb must be 'auto' or a positive number; got {memory_gb!r}")
     return int(memory_gb * 1024**3)
+
+
+#: One core's private cache assumed where the operating system reports none (the L2 of
+#: current x86 and ARM server cores is 1-2 MiB).
+DEFAULT_PRIVATE_CACHE_BYTES = 2**20
+_SYS_CPU = Path("/sys/devices/system/cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def private_cache_bytes() -> int:
+    """Bytes of the largest data cache private to one core (the L2 on current CPUs), as
+    Linux reports it for CPU 0; :data:`DEFAULT_PRIVATE_CACHE_BYTES` where it cannot be read.
+
+    A cache counts as private when only the core's own hardware threads share it. The shared
+    last-level cache is left out on purpose: on a cloud machine, other tenants evict it.
+    """
+    try:
+        siblings = (_SYS_CPU / "cpu0/topology/thread_siblings_list").read_text().strip()
+        best = 0
+        for index in (_SYS_CPU / "cpu0/cache").glob("index*"):
+            kind = (index / "type").read_text().strip()
+            shared = (index / "shared_cpu_list").read_text().strip()
+            if kind == "Instruction" or shared not in ("0", siblings):
+                continue
+            best = max(best, _parse_size((index / "size").read_text().strip()))
+        return best or DEFAULT_PRIVATE_CACHE_BYTES
+    except (OSError, ValueError):
+        return DEFAULT_PRIVATE_CACHE_BYTES
+
+
+def _parse_size(text: str) -> int:
+    """'1024K' -> 1048576 (sysfs cache sizes)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    if text and text[-1].upper() in units:
+        return int(text[:-1]) * units[text[-1].upper()]
+    return int(text)

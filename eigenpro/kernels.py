@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._device import private_cache_bytes
+
 __all__ = [
     "Kernel",
     "PreparedCenters",
@@ -453,11 +455,14 @@ def get_kernel(kernel: str | Callable | Kernel, bandwidth: float | None = None, 
     raise TypeError(f"kernel must be a name, a callable or a Kernel; got {type(kernel).__name__}")
 
 
-#: On the CPU the kernel block of a call is computed in column tiles of about this many
-#: elements (8 MiB in float32), so that the exponentials and the product with the
-#: coefficients read it from cache rather than from memory: on the 2-core benchmark machine
-#: this cut an MNIST-60k epoch by 13% against one full-width block.
-CPU_TILE_ELEMENTS = 2**21
+#: On the CPU the kernel block of a call is computed in column tiles small enough that the
+#: exponentials and the product with the coefficients read the tile from cache rather than
+#: from memory: all threads' shares together fit in the cores' private caches
+#: (:func:`~eigenpro._device.private_cache_bytes` x torch's threads, 2 MiB on the 2-core
+#: benchmark machines). An earlier fixed 8 MiB, sized to a shared 32 MiB L3 that other
+#: tenants of a cloud machine evict, ran 13-30% slower there (MNIST 30k, batches of 500:
+#: 10.5-13.7 s against 8.7-9.6 s for the products of an epoch). Set an int to override.
+CPU_TILE_ELEMENTS: int | None = None
 #: ... but never narrower than this many columns (GEMM efficiency).
 MIN_TILE_COLUMNS = 512
 #: Row count for which row-invariant products (:func:`kernel_matmul` with
@@ -470,9 +475,18 @@ INVARIANT_TILE_ROWS = 1024
 GEMM_MULTIPLE = 16
 
 
+def cpu_tile_elements(itemsize: int) -> int:
+    """Elements of one CPU column tile (:data:`CPU_TILE_ELEMENTS`) for ``itemsize``-byte
+    entries."""
+    if CPU_TILE_ELEMENTS is not None:
+        return CPU_TILE_ELEMENTS
+    return max(1, private_cache_bytes() * torch.get_num_threads() // itemsize)
+
+
 def _tile_shape(
-    m: int, p: int, max_block_elements: int, device: torch.device, sized_for: int
-) -> tuple[int, int]:
+    m: int, p: int, max_block_elements: int, device: torch.device, sized_for: int,
+    itemsize: int = 4,
+) -> tuple[int, int]:  # fmt: skip
     """(rows per chunk, columns per tile) of a blocked ``K(X, Z) @ W`` with m x p entries,
     the column tiles sized as if the call had ``sized_for`` rows."""
     # Rows in chunks only when a full-width block of at least 256 rows would not fit.
@@ -480,7 +494,8 @@ def _tile_shape(
     cols = max(1, min(p, max_block_elements // base))
     rows = max(base, max_block_elements // cols) if cols == p else base
     if device.type == "cpu":
-        cols = min(cols, max(MIN_TILE_COLUMNS, CPU_TILE_ELEMENTS // min(rows, sized_for)))
+        tile = cpu_tile_elements(itemsize)
+        cols = min(cols, max(MIN_TILE_COLUMNS, tile // min(rows, sized_for)))
     return max(1, min(rows, m)), max(1, cols)
 
 
@@ -508,7 +523,7 @@ def kernel_matmul(
         Coefficients.
     max_block_elements : int
         Largest kernel block (rows x columns) materialised at once. On the CPU blocks are
-        further cut into column tiles of about :data:`CPU_TILE_ELEMENTS`.
+        further cut into column tiles of about :func:`cpu_tile_elements`.
     keep_columns : LongTensor or slice, optional
         Column indices ``J`` (sorted), or a contiguous ``slice(start, stop)`` of them; when
         given, also return ``K(X, Z[J])``, copied from the blocks already computed (no second
@@ -546,7 +561,7 @@ def kernel_matmul(
     if m == 0:
         return out if kept is None else (out, kept)
     sized_for = INVARIANT_TILE_ROWS if row_invariant else m
-    rows, cols = _tile_shape(m, p, max_block_elements, X.device, sized_for)
+    rows, cols = _tile_shape(m, p, max_block_elements, X.device, sized_for, X.element_size())
     multiple = 1
     n_out = W.shape[1]
     if row_invariant and X.device.type == "cpu":

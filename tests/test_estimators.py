@@ -14,9 +14,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from eigenpro import DivergenceError, EigenProClassifier, EigenProRegressor
+from eigenpro import DivergenceError, EigenProClassifier, EigenProRegressor, kernels
 from eigenpro.estimators import auto_bandwidth
-from eigenpro.kernels import CPU_TILE_ELEMENTS, GaussianKernel
+from eigenpro.kernels import GaussianKernel
 from eigenpro.preconditioner import STEP_SAFETY
 
 
@@ -238,7 +238,8 @@ class RecordingKernel(GaussianKernel):
         return super().prepared_block(points, centers, out)
 
 
-def test_small_memory_budget_computes_the_same_fit_in_smaller_blocks():
+def test_small_memory_budget_computes_the_same_fit_in_smaller_blocks(monkeypatch):
+    monkeypatch.setattr(kernels, "CPU_TILE_ELEMENTS", 2**23)  # blocks capped by memory alone
     rng = np.random.default_rng(2)
     X = rng.normal(size=(3000, 5))
     y = np.sin(X[:, 0])
@@ -254,8 +255,8 @@ def test_small_memory_budget_computes_the_same_fit_in_smaller_blocks():
     roomy = EigenProRegressor(kernel=roomy_kernel, **params).fit(X, y)
     tight = EigenProRegressor(kernel=tight_kernel, memory_gb=0.002, **params).fit(X, y)
     np.testing.assert_allclose(tight.dual_coef_, roomy.dual_coef_, rtol=1e-10, atol=1e-12)
-    # Roomy blocks are capped only by the CPU cache tile (kernels.CPU_TILE_ELEMENTS).
-    assert tight_kernel.largest < min(3000 * 1000, CPU_TILE_ELEMENTS) <= roomy_kernel.largest + 1000
+    assert roomy_kernel.largest == 3000 * 1000  # a batch against every center, at once
+    assert tight_kernel.largest < roomy_kernel.largest
     assert tight_kernel.largest < 3000 * 3000 / 4  # never anything like the n x n matrix
 
 

@@ -7,6 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn.gaussian_process.kernels import Matern
 from sklearn.metrics.pairwise import linear_kernel, polynomial_kernel, rbf_kernel
 
+from eigenpro import _device as device_module
 from eigenpro import kernels
 from eigenpro.kernels import (
     CallableKernel,
@@ -165,7 +166,8 @@ class RecordingKernel(GaussianKernel):
 
 
 @pytest.mark.parametrize("max_block", [2**16, 3000, 10**9])
-def test_kernel_matmul_is_blockwise_and_exact(max_block):
+def test_kernel_matmul_is_blockwise_and_exact(monkeypatch, max_block):
+    monkeypatch.setattr(kernels, "CPU_TILE_ELEMENTS", 2**30)  # blocks cut by max_block alone
     rng = np.random.default_rng(1)
     X = torch.tensor(rng.normal(size=(700, 5)))
     Z = torch.tensor(rng.normal(size=(900, 5)))
@@ -297,3 +299,50 @@ def test_row_invariant_products_do_not_depend_on_the_other_rows(dtype, n_out, ke
     assert torch.equal(product(X[subset]), full[subset])
     dense = kernel(X, Z) @ W
     torch.testing.assert_close(full, dense, rtol=1e-5, atol=1e-4)
+
+
+def _fake_cpu0(root, caches, siblings="0"):
+    """A sysfs tree for CPU 0 with ``caches``: (level, type, size, shared_cpu_list) rows."""
+    (root / "cpu0/topology").mkdir(parents=True)
+    (root / "cpu0/topology/thread_siblings_list").write_text(siblings + "\n")
+    for i, (level, kind, size, shared) in enumerate(caches):
+        index = root / f"cpu0/cache/index{i}"
+        index.mkdir(parents=True)
+        for name, value in [("level", level), ("type", kind), ("size", size),
+                            ("shared_cpu_list", shared)]:  # fmt: skip
+            (index / name).write_text(f"{value}\n")
+
+
+@pytest.mark.parametrize(
+    ("caches", "siblings", "expected"),
+    [
+        # the benchmark machine: private 1 MiB L2 per core, a 32 MiB L3 shared by both
+        ([(1, "Data", "32K", "0"), (1, "Instruction", "32K", "0"), (2, "Unified", "1024K", "0"),
+          (3, "Unified", "32768K", "0-1")], "0", 2**20),
+        # two hardware threads per core share its L2: still private to the core
+        ([(1, "Data", "48K", "0,64"), (2, "Unified", "2M", "0,64"), (3, "Unified", "96M", "0-127")],
+         "0,64", 2 * 2**20),
+        # nothing private reported: the default
+        ([(3, "Unified", "32768K", "0-7")], "0", device_module.DEFAULT_PRIVATE_CACHE_BYTES),
+    ],
+    ids=["epyc-vm", "smt", "shared-only"],
+)  # fmt: skip
+def test_private_cache_is_read_from_sysfs(tmp_path, monkeypatch, caches, siblings, expected):
+    _fake_cpu0(tmp_path, caches, siblings)
+    monkeypatch.setattr(device_module, "_SYS_CPU", tmp_path)
+    device_module.private_cache_bytes.cache_clear()
+    try:
+        assert device_module.private_cache_bytes() == expected
+    finally:
+        device_module.private_cache_bytes.cache_clear()
+
+
+def test_cpu_tiles_follow_the_private_cache_and_the_threads(monkeypatch):
+    monkeypatch.setattr(kernels, "private_cache_bytes", lambda: 2**20)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert kernels.cpu_tile_elements(4) == 2**20  # 4 threads x 1 MiB of float32
+    assert kernels.cpu_tile_elements(8) == 2**19
+    monkeypatch.setattr(kernels, "CPU_TILE_ELEMENTS", 1234)
+    assert kernels.cpu_tile_elements(4) == 1234
+    _, cols = kernels._tile_shape(500, 100_000, 2**24, torch.device("cpu"), 500, 4)
+    assert cols == kernels.MIN_TILE_COLUMNS  # never narrower than that
