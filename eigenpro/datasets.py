@@ -29,7 +29,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 __all__ = [
     "CIFAR10_LABEL_NAMES",
@@ -265,6 +264,8 @@ def _download(url: str, dest: PathLike, md5: str | None) -> Path:
 
 def _fetch(url: str, out, desc: str) -> None:
     """Copy the body of ``url`` into the binary file ``out`` with a progress bar."""
+    from tqdm.auto import tqdm  # here: importing tqdm.auto warns in some notebooks
+
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with urllib.request.urlopen(request, timeout=60) as response:
         total = int(response.headers.get("Content-Length") or 0) or None

@@ -7,6 +7,7 @@ so a fitted model pickles without its device and predicts on any machine.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from contextlib import contextmanager
@@ -55,6 +56,23 @@ DIAGNOSIS_SAMPLE = 10000
 #: A memory budget that limits batches to less than 1 / this of the batch the data and device
 #: would use gets a warning.
 BUDGET_WARNING_FACTOR = 4
+
+
+def _is_gaussian(kernel) -> bool:
+    return isinstance(kernel, str) and kernel.lower() in ("gaussian", "rbf")
+
+
+def _bandwidth_from_gamma(gamma, bandwidth) -> float:
+    """scikit-learn's ``rbf`` parameter: ``exp(-gamma |x - z|^2)`` is the Gaussian of
+    bandwidth ``1 / sqrt(2 gamma)``."""
+    if isinstance(gamma, bool) or not isinstance(gamma, Real) or not 0 < gamma < math.inf:
+        raise ValueError(f"kernel_params gamma must be a positive finite number; got {gamma!r}")
+    if bandwidth != "auto":
+        raise ValueError(
+            f"got both bandwidth={bandwidth!r} and kernel_params gamma={gamma!r}; they set the "
+            "same thing (bandwidth = 1 / sqrt(2 gamma)): give one"
+        )
+    return 1.0 / math.sqrt(2.0 * gamma)
 
 
 def auto_bandwidth(X: np.ndarray, random_state=None) -> float:
@@ -331,8 +349,9 @@ class _BaseEigenPro(BaseEstimator):
         else:  # a constant sample proves a single distinct row only when it is the whole data
             single, repeated = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0), 0
         diagnosis = diagnose(
-            kernel, rows, resolve_dtype(self.dtype), bandwidth_fixed=self.bandwidth != "auto",
-            single_row=single, repeated=repeated, ridge=float(self.alpha),
+            kernel, rows, resolve_dtype(self.dtype), single_row=single, repeated=repeated,
+            bandwidth_fixed=self.bandwidth != "auto" or "gamma" in (self.kernel_params or {}),
+            ridge=float(self.alpha),
         )  # fmt: skip
         return kernel, bandwidth, diagnosis
 
@@ -359,12 +378,12 @@ class _BaseEigenPro(BaseEstimator):
 
     def _make_kernel(self, X: np.ndarray, seed: int) -> tuple[Kernel, float]:
         """The kernel with its bandwidth resolved (``"auto"``: from rows of ``X``)."""
-        bandwidth = self.bandwidth
+        bandwidth, params = self.bandwidth, dict(self.kernel_params or {})
+        if "gamma" in params and _is_gaussian(self.kernel):
+            bandwidth = _bandwidth_from_gamma(params.pop("gamma"), bandwidth)
         if bandwidth == "auto":
             bandwidth = auto_bandwidth(X, random_state=seed)
-        kernel = get_kernel(
-            self.kernel, bandwidth=float(bandwidth), **dict(self.kernel_params or {})
-        )
+        kernel = get_kernel(self.kernel, bandwidth=float(bandwidth), **params)
         return kernel, float(bandwidth)
 
     def _warn_if_budget_binds(self, result, n, d, n_out, device, dtype, *, on_data: bool):
@@ -547,7 +566,9 @@ callable or Kernel, default="gaussian"
         (:func:`eigenpro.estimators.auto_bandwidth`).
     kernel_params : dict, default=None
         Extra kernel parameters: ``nu`` (Matern), ``degree``, ``gamma``, ``coef0``
-        (polynomial), or keyword arguments of a callable kernel.
+        (polynomial), or keyword arguments of a callable kernel. For ``"rbf"``/``"gaussian"``,
+        ``gamma`` is scikit-learn's (``exp(-gamma |x-z|^2)``, so ``bandwidth = 1 / sqrt(2
+        gamma)``): grids written for ``KernelRidge(kernel="rbf")`` carry over.
     n_epochs : int, default=10
         Passes over the training data.
     n_components : int or "auto", default="auto"

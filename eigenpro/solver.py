@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .distributed import Communicator
 from .kernels import Kernel, PreparedCenters, kernel_matmul, padded_width
@@ -555,18 +554,48 @@ def check_step_size(step_size: float, batch_size: int, dtype: torch.dtype) -> fl
 
 
 def running_loss_ok(
-    running: float, loss_limit: float, bar, verbose: int, seen_fraction: float = 1.0
+    running: float, loss_limit: float, progress: _Progress, seen_fraction: float = 1.0
 ) -> bool:
-    """Divergence check of an epoch in progress: False (and the progress bar closed) when the
-    running loss is non-finite, or above the limit once :data:`RUNNING_CHECK_FRACTION` of the
-    epoch is seen (the mean of a few batches is too noisy to judge)."""
+    """Divergence check of an epoch in progress: False when the running loss is non-finite,
+    or above the limit once :data:`RUNNING_CHECK_FRACTION` of the epoch is seen (the mean of a
+    few batches is too noisy to judge)."""
     over = seen_fraction >= RUNNING_CHECK_FRACTION and running > loss_limit
     if not math.isfinite(running) or over:
-        bar.close()
         return False
-    if verbose:
-        bar.set_postfix(loss=f"{running:.4g}", refresh=False)
+    progress.show(loss=f"{running:.4g}")
     return True
+
+
+class _Progress:
+    """One progress bar per fit (tqdm, imported only when shown): batches of every epoch,
+    the epoch and the running loss in its postfix. Silent when ``verbose < 1``."""
+
+    def __init__(self, n_epochs: int, n_batches: int, verbose: int):
+        self.n_batches, self.bar, self.fields = n_batches, None, {}
+        if verbose >= 1:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=n_epochs * n_batches, desc="EigenPro", unit="batch",
+                            mininterval=0.5)  # fmt: skip
+
+    def start_epoch(self, epoch: int, n_epochs: int) -> None:
+        """Go to the start of ``epoch`` (again, after a roll-back)."""
+        if self.bar is not None:
+            self.bar.n = (epoch - 1) * self.n_batches
+            self.show(epoch=f"{epoch}/{n_epochs}")
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def show(self, **fields) -> None:
+        if self.bar is not None:
+            self.fields.update(fields)
+            self.bar.set_postfix(self.fields, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _subsample_first(sub_idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -1031,47 +1060,52 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
     if no_exact_fit:
         run.average = _EpochAverage([model, projection])
     best_running = math.inf  # lowest running loss of an accepted epoch
-    while epoch <= n_epochs:
-        guard.start_epoch(epoch)
-        start_check = run.check_loss() if epoch == n_epochs else None
-        start = time.perf_counter()
-        limit = math.inf if by_iterate else guard.loss_limit
-        loss, finished, stderr = _run_epoch(run, eta, limit, (epoch, n_epochs), verbose)
-        if finished and run.average is not None:
-            run.average.restart_if_better(run)
-        seconds = time.perf_counter() - start
-        judged, noise = loss, stderr
-        if by_iterate and finished:
-            judged, stderr = run.check_loss(), 0.0
-        problem = guard.problem(judged, finished, stderr)
-        record = {"epoch": epoch, "train_loss": loss, "val_score": None, "seconds": seconds,
-                  "step_size": eta}  # fmt: skip
-        inner_loss = projection.take_loss()
-        if inner_loss is not None:
-            record["inner_loss"] = inner_loss
-        stop = problem is None and monitor.after_epoch(epoch, record, model)
-        if problem is None and (stop or epoch == n_epochs):
-            best = monitor.best
-            final = judged if by_iterate and best is None else run.check_loss(best and best[0])
-            problem = guard.final_problem(final, check_zero, None if best else start_check)
-        if problem is not None:
-            resume = guard.roll_back(problem, eta, epoch)
-            eta /= 2
-            projection.halve_step()
-            guard.warn(problem, resume, eta)
-            del result.history[resume - 1 :]
-            epoch = resume
-            continue
-        plateau = no_exact_fit and loss > best_running - PLATEAU_SIGNIFICANCE * noise
-        best_running = min(best_running, loss)
-        guard.accept(epoch, judged, stderr)
-        result.history.append(record)
-        result.n_epochs = epoch
-        if stop:
-            break
-        if plateau:
-            eta /= 2
-        epoch += 1
+    progress = _Progress(n_epochs, math.ceil(run.n / run.batch_size), verbose)
+    try:
+        while epoch <= n_epochs:
+            guard.start_epoch(epoch)
+            start_check = run.check_loss() if epoch == n_epochs else None
+            start = time.perf_counter()
+            limit = math.inf if by_iterate else guard.loss_limit
+            progress.start_epoch(epoch, n_epochs)
+            loss, finished, stderr = _run_epoch(run, eta, limit, progress)
+            if finished and run.average is not None:
+                run.average.restart_if_better(run)
+            seconds = time.perf_counter() - start
+            judged, noise = loss, stderr
+            if by_iterate and finished:
+                judged, stderr = run.check_loss(), 0.0
+            problem = guard.problem(judged, finished, stderr)
+            record = {"epoch": epoch, "train_loss": loss, "val_score": None, "seconds": seconds,
+                      "step_size": eta}  # fmt: skip
+            inner_loss = projection.take_loss()
+            if inner_loss is not None:
+                record["inner_loss"] = inner_loss
+            stop = problem is None and monitor.after_epoch(epoch, record, model)
+            if problem is None and (stop or epoch == n_epochs):
+                best = monitor.best
+                final = judged if by_iterate and best is None else run.check_loss(best and best[0])
+                problem = guard.final_problem(final, check_zero, None if best else start_check)
+            if problem is not None:
+                resume = guard.roll_back(problem, eta, epoch)
+                eta /= 2
+                projection.halve_step()
+                guard.warn(problem, resume, eta)
+                del result.history[resume - 1 :]
+                epoch = resume
+                continue
+            plateau = no_exact_fit and loss > best_running - PLATEAU_SIGNIFICANCE * noise
+            best_running = min(best_running, loss)
+            guard.accept(epoch, judged, stderr)
+            result.history.append(record)
+            result.n_epochs = epoch
+            if stop:
+                break
+            if plateau:
+                eta /= 2
+            epoch += 1
+    finally:
+        progress.close()
     best = monitor.best
     coef, result.best_epoch = best if best else (model.coef, result.n_epochs)
     result.coef = _unpermute(model.gather(coef), run.order.cpu())
@@ -1079,7 +1113,7 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
     return result
 
 
-def _run_epoch(run: _Run, eta: float, loss_limit: float, epochs: tuple, verbose: int):
+def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress):
     """One pass over shuffled batches. Returns (mean batch loss, finished without diverging,
     standard error of that mean)."""
     model, projection, basis = run.model, run.projection, run.basis
@@ -1088,11 +1122,7 @@ def _run_epoch(run: _Run, eta: float, loss_limit: float, epochs: tuple, verbose:
     epoch_loss = EpochLoss(model.device)
     sync_every = 1 if model.device.type == "cpu" else 32  # a read-back stalls a GPU's queue
     rate = eta / m  # one per-point rate: a short last batch takes a smaller step
-    bar = tqdm(
-        batches, desc="epoch {}/{}".format(*epochs), unit="batch", leave=True,
-        disable=verbose < 1, mininterval=0.5,
-    )  # fmt: skip
-    for i, idx in enumerate(bar):
+    for i, idx in enumerate(batches):
         idx, Xb, Yb = run.rows.take(np.sort(idx))  # sorted: locality for memmaps
         block = model.block(Xb) if projection.needs_gradient else None
         kept = None
@@ -1112,10 +1142,10 @@ def _run_epoch(run: _Run, eta: float, loss_limit: float, epochs: tuple, verbose:
         if run.average is not None and projection.settled:
             run.average.add()  # a delayed projection: only right after a projection
         del block, kept
+        progress.advance()
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
             running = epoch_loss.mean(run.n_outputs)
-            if not running_loss_ok(running, loss_limit, bar, verbose, epoch_loss.points / n):
+            if not running_loss_ok(running, loss_limit, progress, epoch_loss.points / n):
                 return running, False, 0.0
     projection.flush()
-    bar.close()
     return epoch_loss.mean(run.n_outputs), True, epoch_loss.stderr()

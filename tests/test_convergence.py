@@ -92,3 +92,31 @@ def test_plain_sgd_needs_ten_times_more_epochs():
 
     own_batch = EigenProRegressor(n_epochs=1, n_components=0, **common).fit(X, y)
     assert own_batch.batch_size_ == int(own_batch.critical_batch_size_) < 10
+
+
+def test_rbf_gamma_carries_a_kernel_ridge_setting_over():
+    """kernel_params={"gamma": g} means scikit-learn's rbf gamma: the same fixed point as
+    KernelRidge(kernel="rbf", gamma=g), and the bandwidth 1 / sqrt(2 g)."""
+    X, y, X_test = _synthetic(seed=1)
+    gamma, alpha = 0.2, 0.1
+    reference = KernelRidge(alpha=alpha, kernel="rbf", gamma=gamma).fit(X, y)
+    model = EigenProRegressor(
+        kernel="rbf", kernel_params={"gamma": gamma}, alpha=alpha, n_epochs=60, dtype="float64",
+        random_state=0,
+    ).fit(X, y)  # fmt: skip
+    assert model.bandwidth_ == pytest.approx(1 / np.sqrt(2 * gamma))
+    assert _rel_err(model.predict(X_test), reference.predict(X_test)) < 1e-2
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        (dict(kernel="rbf", bandwidth=2.0, kernel_params={"gamma": 0.1}), "both bandwidth"),
+        (dict(kernel="gaussian", kernel_params={"gamma": -1.0}), "gamma must be a positive"),
+        (dict(kernel="rbf", kernel_params={"gamma": float("nan")}), "gamma must be a positive"),
+    ],
+)
+def test_rbf_gamma_is_validated(params, match):
+    X, y, _ = _synthetic(n=200, seed=3)
+    with pytest.raises(ValueError, match=match):
+        EigenProRegressor(n_epochs=1, **params).fit(X, y)

@@ -1,6 +1,8 @@
 """scikit-learn conventions, input handling, validation, persistence and recovery."""
 
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -299,9 +301,19 @@ def test_verbose_shows_progress_and_quiet_prints_nothing(regression_data, capsys
     EigenProRegressor(n_epochs=2, random_state=0, verbose=0).fit(X, y)
     quiet = capsys.readouterr()
     assert quiet.out == "" and quiet.err == ""
-    EigenProRegressor(n_epochs=2, random_state=0, verbose=1).fit(X, y)
+    model = EigenProRegressor(n_epochs=2, random_state=0, verbose=1).fit(X, y)
     loud = capsys.readouterr().err
-    assert "epoch 1/2" in loud and "epoch 2/2" in loud and "loss=" in loud
+    assert "epoch=2/2" in loud and "loss=" in loud
+    total = 2 * -(-len(X) // model.batch_size_)
+    assert f"{total}/{total}" in loud  # one bar for the whole fit, not one per epoch
+
+
+def test_importing_the_package_does_not_import_tqdm_auto():
+    """tqdm.auto warns in notebooks without ipywidgets: only a shown bar may import it (torch
+    itself imports plain tqdm, which is silent)."""
+    code = "import sys, eigenpro, eigenpro.datasets; print('tqdm.auto' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_divergence_is_recovered_by_halving_the_step(regression_data):
