@@ -226,6 +226,8 @@ def large_model_section(data: dict) -> list[str]:
            f"Measured on: {_machine(data)}. Every run draws the same p centers (seed "
            f"{data['settings'].get('seed')}); the direct solve is the least-squares fit on "
            f"them in float64 (penalty {data['settings'].get('penalty')}).", ""]  # fmt: skip
+    if data.get("note"):
+        out += [data["note"], ""]
     epochs = max(len(r["test_error_pct"]) for runs in data["results"].values()
                  for r in runs.values())  # fmt: skip
     head = "| p | projection | " + " | ".join(f"ep {e}" for e in range(1, epochs + 1))

@@ -849,8 +849,16 @@ def _factor_fits(p: int, itemsize: int, memory_budget: int, comm) -> bool:
 def _subsample(value, p: int, name: str, sized: int) -> int:
     """The requested subsample size, or ``sized`` (the automatic one fitted to the budget)."""
     s = sized if value == "auto" else int(value)
-    if not 1 <= s <= p:
-        raise ValueError(f"{name}={s} must be between 1 and the number of centers ({p})")
+    if s < 1:
+        raise ValueError(f"{name}={s} must be at least 1")
+    if s > p:  # e.g. a setting made for the whole data, in a small cross-validation fold
+        warnings.warn(
+            f"{name}={s} is more than the {p} centers of this fit (training points on the "
+            f"EigenPro 2 path); using {p}",
+            UserWarning,
+            stacklevel=2,
+        )
+        s = p
     return s
 
 

@@ -135,7 +135,6 @@ def test_bad_data_raises_a_named_error(regression_data, make, error, match):
         ({"n_epochs": 0}, "n_epochs"),
         ({"n_components": -1}, "n_components"),
         ({"n_components": 500}, "n_components"),
-        ({"subsample_size": 10_000}, "subsample_size"),
         ({"batch_size": 0}, "batch_size"),
         ({"step_size": -0.1}, "step_size"),
         ({"step_size": np.nan}, "step_size"),
@@ -375,3 +374,14 @@ def test_eval_set_is_validated(regression_data):
         EigenProRegressor(**FAST).fit(X, y, eval_set=[(X, y[:-1])])
     with pytest.raises(ValueError, match="features"):
         EigenProRegressor(**FAST).fit(X, y, eval_set=[(X[:, :2], y)])
+
+
+def test_subsample_larger_than_the_data_is_clamped_with_a_warning(regression_data):
+    """A subsample_size chosen for the whole data must not fail in a small CV fold."""
+    X, y = regression_data
+    X, y = X[:120], y[:120]
+    with pytest.warns(UserWarning, match="subsample_size=500 is more than the 120 centers"):
+        model = EigenProRegressor(subsample_size=500, n_epochs=2, random_state=0).fit(X, y)
+    assert model.subsample_size_ == 120
+    with pytest.raises(ValueError, match="subsample_size"):
+        EigenProRegressor(subsample_size=0, n_epochs=1).fit(X, y)

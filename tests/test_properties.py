@@ -126,7 +126,7 @@ def test_radial_predictions_are_translation_invariant(
 
 
 FAILURES = {
-    "subsample larger than the data": (dict(subsample_size=10_000), lambda X, y: (X, y)),
+    "more components than the data allow": (dict(n_components=10_000), lambda X, y: (X, y)),
     "NaN in X": ({}, lambda X, y: (np.where(X == X.max(), np.nan, X), y)),
     "wrong number of targets": ({}, lambda X, y: (X, y[:-1])),
     "step overflowing float32": (dict(step_size=1e300), lambda X, y: (X, y)),

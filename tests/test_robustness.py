@@ -270,8 +270,8 @@ def test_failed_or_interrupted_refit_leaves_the_estimator_as_it_was(small_proble
     before, expected = _fitted_state(model), model.predict(X)
     X_new = np.random.default_rng(1).normal(size=(30, 3))
     if failure == "error":
-        model.set_params(subsample_size=100)  # more than the 30 new rows
-        with pytest.raises(ValueError, match="subsample_size"):
+        model.set_params(n_components=100)  # more than the 30 new rows allow
+        with pytest.raises(ValueError, match="n_components"):
             model.fit(X_new, y[:30])
     else:
         calls = []
@@ -286,7 +286,7 @@ def test_failed_or_interrupted_refit_leaves_the_estimator_as_it_was(small_proble
         with pytest.raises(KeyboardInterrupt):
             model.fit(X_new, y[:30])
     _assert_same_state(before, _fitted_state(model))
-    model.set_params(kernel="gaussian", subsample_size="auto")
+    model.set_params(kernel="gaussian", n_components="auto")
     np.testing.assert_array_equal(model.predict(X), expected)
 
 
