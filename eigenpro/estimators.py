@@ -350,7 +350,7 @@ class _BaseEigenPro(BaseEstimator):
             single, repeated = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0), 0
         diagnosis = diagnose(
             kernel, rows, resolve_dtype(self.dtype), single_row=single, repeated=repeated,
-            bandwidth_fixed=self.bandwidth != "auto" or "gamma" in (self.kernel_params or {}),
+            bandwidth_fixed=self.bandwidth != "auto" or self._gamma_given(),
             ridge=float(self.alpha),
         )  # fmt: skip
         return kernel, bandwidth, diagnosis
@@ -376,10 +376,14 @@ class _BaseEigenPro(BaseEstimator):
             )
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np_dtype))
 
+    def _gamma_given(self) -> bool:
+        """True when ``kernel_params`` sets the Gaussian's scale as scikit-learn's gamma."""
+        return _is_gaussian(self.kernel) and "gamma" in (self.kernel_params or {})
+
     def _make_kernel(self, X: np.ndarray, seed: int) -> tuple[Kernel, float]:
         """The kernel with its bandwidth resolved (``"auto"``: from rows of ``X``)."""
         bandwidth, params = self.bandwidth, dict(self.kernel_params or {})
-        if "gamma" in params and _is_gaussian(self.kernel):
+        if self._gamma_given():
             bandwidth = _bandwidth_from_gamma(params.pop("gamma"), bandwidth)
         if bandwidth == "auto":
             bandwidth = auto_bandwidth(X, random_state=seed)
