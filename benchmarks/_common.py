@@ -133,7 +133,8 @@ def falkon_fit(X, Y, n_centers: int, penalty: float, seed: int, bandwidth: float
         maxiter=maxiter, seed=seed, options=options,
     )  # fmt: skip
     start = time.perf_counter()
-    model.fit(torch.as_tensor(X), torch.as_tensor(Y, dtype=torch.as_tensor(X).dtype))
+    X = torch.as_tensor(X)
+    model.fit(X, torch.as_tensor(Y, dtype=X.dtype))
     return model, time.perf_counter() - start
 
 
