@@ -13,6 +13,7 @@ import warnings
 from contextlib import contextmanager
 from numbers import Integral, Real
 
+import joblib
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -22,10 +23,12 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import (
     _check_feature_names,
     _check_n_features,
+    _check_sample_weight,
     _check_y,
     check_array,
     check_consistent_length,
@@ -36,7 +39,7 @@ from sklearn.utils.validation import (
 from ._device import resolve_device, resolve_dtype, resolve_memory_budget
 from .diagnostics import diagnose, repeated_rows_with_other_targets
 from .distributed import get_communicator
-from .kernels import KERNELS, Kernel, RadialKernel, get_kernel
+from .kernels import KERNELS, Kernel, RadialKernel, ScaledKernel, get_kernel
 from .preconditioner import (
     PRECISION_FLOOR,
     default_max_components,
@@ -102,7 +105,7 @@ def _atomic_fit(estimator: BaseEstimator):
     for name in previous:
         delattr(estimator, name)
     try:
-        yield
+        yield previous
     except BaseException:
         for name in [k for k in vars(estimator) if _is_fitted_attribute(k)]:
             delattr(estimator, name)
@@ -111,7 +114,40 @@ def _atomic_fit(estimator: BaseEstimator):
 
 
 def _is_fitted_attribute(name: str) -> bool:
-    return name.endswith("_") and not name.startswith("_")
+    return name.endswith("_") and not name.startswith("__")
+
+
+#: Parameters a warm start may change: the others define the problem being continued.
+CONTINUABLE_PARAMS = frozenset(
+    {"n_epochs", "verbose", "warm_start", "n_iter_no_change", "memory_gb", "device",
+     "batch_size", "step_size", "random_state"}
+)  # fmt: skip
+#: Rows of streamed data that identify it for a warm start (data in memory are hashed whole).
+FINGERPRINT_ROWS = 10000
+
+
+def _fingerprint(data: HostData, in_memory: bool, Y, sample_weight, params: dict) -> str:
+    """A hash of the training problem: the data (streamed data: up to
+    :data:`FINGERPRINT_ROWS` evenly spaced rows), targets, weights and parameters."""
+    n = data.n_samples
+    if in_memory:
+        X = data.X if data.rows is None else data.X[data.rows]
+    else:
+        rows = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).astype(np.int64))
+        X = data.take(rows, torch.float64, torch.device("cpu")).numpy()
+    return joblib.hash((n, data.n_features, X, Y, sample_weight, params))
+
+
+def _validate_sample_weight(sample_weight, n: int) -> np.ndarray | None:
+    """Finite non-negative float64 weights of shape (n,), not all zero; None stays None."""
+    if sample_weight is None:
+        return None
+    sample_weight = _check_sample_weight(
+        _to_numpy(sample_weight), np.empty((n, 0)), dtype=np.float64, ensure_non_negative=True
+    )
+    if not np.isfinite(sample_weight).all():
+        raise ValueError("sample_weight contains NaN or infinity")
+    return sample_weight
 
 
 def _sample_rows(X: np.ndarray, seed: int) -> np.ndarray:
@@ -144,6 +180,47 @@ def _score_eval_sets(eval_tensors, predict_fn) -> dict:
     return {"eval_scores": scores, "eval_seconds": time.perf_counter() - start}
 
 
+class _Weighting:
+    """Sample weights as a diagonal scaling of the kernel (:class:`~eigenpro.kernels.ScaledKernel`).
+
+    The weighted problem ``(W K + alpha I) c = W y`` (:class:`~sklearn.kernel_ridge.KernelRidge`
+    with ``sample_weight``) is EigenPro on ``S K S`` with ``S = diag(sqrt(w))``, targets
+    ``S y`` and ``c = S c'``; on general centers (scale 1) it is the weighted least-squares
+    fit. The weights are divided by their mean first, and ``alpha`` with them (the same
+    solution): unit weights on average keep the automatic step rules' scale. Without weights
+    every method returns its input.
+    """
+
+    def __init__(self, sample_weight: np.ndarray | None, alpha: float):
+        self.ridge = alpha
+        self.root = None
+        if sample_weight is not None:
+            mean = float(sample_weight.mean())
+            self.ridge = alpha / mean
+            self.root = np.sqrt(sample_weight / mean)
+
+    def kernel(self, kernel: Kernel) -> Kernel:
+        return kernel if self.root is None else ScaledKernel(kernel)
+
+    def data(self, data: HostData) -> HostData:
+        return data if self.root is None else data.with_column(self.root)
+
+    def targets(self, Y: np.ndarray) -> np.ndarray:
+        return Y if self.root is None else Y * self.root[:, None]
+
+    def centers(self, centers: torch.Tensor | None) -> torch.Tensor | None:
+        if self.root is None or centers is None:
+            return centers
+        return torch.cat([centers, centers.new_ones(centers.shape[0], 1)], dim=1)
+
+    def coefficients(self, coef: torch.Tensor, *, on_data: bool) -> np.ndarray:
+        """The fitted coefficients in the original kernel's terms."""
+        coef = coef.numpy()
+        if self.root is None or not on_data:
+            return coef
+        return (coef * self.root[:, None]).astype(coef.dtype)
+
+
 class _BaseEigenPro(BaseEstimator):
     """Shared fitting and prediction; subclasses define targets and scores."""
 
@@ -167,6 +244,7 @@ class _BaseEigenPro(BaseEstimator):
         "dtype": "no_validation",  # checked by resolve_dtype, which names the problem
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "warm_start": ["boolean"],
     }
 
     def __init__(
@@ -191,6 +269,7 @@ class _BaseEigenPro(BaseEstimator):
         dtype="float32",
         random_state=None,
         verbose=0,
+        warm_start=False,
     ):
         self.kernel = kernel
         self.bandwidth = bandwidth
@@ -211,6 +290,7 @@ class _BaseEigenPro(BaseEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
@@ -253,16 +333,25 @@ class _BaseEigenPro(BaseEstimator):
     def _validate_X(self, X, reset: bool):
         return validate_data(self, _to_numpy(X), reset=reset, dtype=[np.float64, np.float32])
 
-    def _fit_targets(self, X, Y: np.ndarray, score, stratify=None, eval_scorers=()):
+    def _continued(self, previous: dict) -> dict | None:
+        """The state a warm start continues from (None: start afresh)."""
+        return previous.get("_warm_state_") if self.warm_start else None
+
+    def _fit_targets(
+        self, X, Y: np.ndarray, score, stratify=None, eval_scorers=(), sample_weight=None,
+        previous=None,
+    ):  # fmt: skip
         """Fit coefficients for the 2-d float targets ``Y``: resolve device, dtype, budget,
         seed, held-out split, bandwidth and centers once, then run the solver.
 
         ``X`` is a numpy array (EigenPro 2, moved to the device whole) or a
         :class:`~eigenpro.streaming.HostData` (``n_centers`` set: streamed from the host).
-        ``score(Y_true, Y_pred)`` rates the validation set when early stopping;
+        ``score(Y_true, Y_pred, sample_weight)`` rates the validation set when early stopping;
         ``eval_scorers`` are ``(X_eval, scorer(Y_pred) -> float)`` pairs recorded per epoch.
         In a ``torch.distributed`` process group with several ranks, the centers are sharded
         across the ranks (every rank must call ``fit`` with the same data).
+        ``sample_weight``: validated non-negative weights, or None. ``previous``: the
+        ``_warm_state_`` of the fit a warm start continues, used when the problem is the same.
         """
         comm = get_communicator()
         device = resolve_device(self.device)
@@ -276,6 +365,16 @@ class _BaseEigenPro(BaseEstimator):
             check_inner(self.inner_params)
         in_memory = not isinstance(X, HostData)
         data = HostData(X) if in_memory else X
+        params = {
+            k: _to_numpy(v) if isinstance(v, (np.ndarray, torch.Tensor)) else repr(v)
+            for k, v in self.get_params().items()
+            if k not in CONTINUABLE_PARAMS
+        }  # repr: callables (lambdas included) by identity
+        fingerprint = _fingerprint(data, in_memory, Y, sample_weight, params)
+        previous = self._check_continuation(previous, fingerprint)
+        if previous is not None:  # the same split, bandwidth and centers; the batches go on
+            seed = previous["seed"]
+            rng.bit_generator.state = previous["rng_state"]
 
         n = data.n_samples
         validation = None
@@ -288,11 +387,20 @@ class _BaseEigenPro(BaseEstimator):
             )  # fmt: skip
             train_pos, val_pos = np.sort(train_pos), np.sort(val_pos)
             X_val, Y_val = data.take(val_pos, dtype, device), Y[val_pos]
+            w_val = None if sample_weight is None else sample_weight[val_pos]
             data, Y, n = data.subset(train_pos), Y[train_pos], len(train_pos)
-            validation = (X_val, lambda pred: score(Y_val, pred.double().cpu().numpy()))
+            if sample_weight is not None:
+                sample_weight = sample_weight[train_pos]
+            validation = (
+                X_val,
+                lambda pred: score(Y_val, pred.double().cpu().numpy(), sample_weight=w_val),
+            )
 
         kernel, bandwidth, diagnosis = self._kernel_and_diagnosis(data, Y, seed, in_memory)
         centers = None if self.n_centers is None else self._centers(data, rng, np_dtype)
+        if previous is not None and centers is not None:
+            centers = torch.from_numpy(previous["centers"])
+        weighted = _Weighting(sample_weight, float(self.alpha))
         callback = None
         if eval_scorers:
             eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
@@ -302,15 +410,18 @@ class _BaseEigenPro(BaseEstimator):
 
         try:
             result = fit(
-                kernel, data, torch.from_numpy(np.array(Y, dtype=np_dtype, order="C")),
-                centers=centers, device=device, dtype=dtype, n_epochs=self.n_epochs,
-                memory_budget=budget, batch_size=self.batch_size, step_size=self.step_size,
-                n_components=self.n_components, subsample_size=self.subsample_size,
-                inner=self.inner_params, ridge=float(self.alpha), rng=rng, comm=comm,
+                weighted.kernel(kernel), weighted.data(data),
+                torch.from_numpy(np.array(weighted.targets(Y), dtype=np_dtype, order="C")),
+                centers=weighted.centers(centers), device=device, dtype=dtype,
+                n_epochs=self.n_epochs, memory_budget=budget, batch_size=self.batch_size,
+                step_size=self.step_size, n_components=self.n_components,
+                subsample_size=self.subsample_size, inner=self.inner_params,
+                ridge=weighted.ridge, rng=rng, comm=comm,
                 validation=validation,
                 n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
                 callback=callback, verbose=self.verbose if comm.rank == 0 else 0,
                 no_exact_fit="; ".join(diagnosis.reasons) or None,
+                warm=None if previous is None else previous["warm"],
             )  # fmt: skip
         except DivergenceError as exc:
             precond = getattr(exc, "preconditioner", None)
@@ -323,14 +434,50 @@ class _BaseEigenPro(BaseEstimator):
         if centers is None:
             centers = data.take(np.arange(n), dtype, torch.device("cpu"))
         self.centers_ = centers.numpy()
-        self.dual_coef_ = result.coef.numpy()
+        self.dual_coef_ = weighted.coefficients(result.coef, on_data=self.n_centers is None)
         self.n_centers_ = p
         self.kernel_ = kernel
         self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
         self._set_solver_attributes(result, device)
         if self.n_centers is not None:
             self.inner_params_ = {key: result.inner.get(key) for key in INNER_KEYS}
+        if previous is not None:
+            self._append_history(previous)
+        self._warm_state_ = {
+            "fingerprint": fingerprint, "seed": seed, "rng_state": rng.bit_generator.state,
+            "warm": result.warm, "centers": self.centers_, "history": self.history_,
+            "n_iter": self.n_iter_, "best_epoch": self.best_epoch_, "dual_coef": self.dual_coef_,
+        }  # fmt: skip
         return self
+
+    def _check_continuation(self, previous: dict | None, fingerprint: str) -> dict | None:
+        """``previous`` when it fitted the same problem; else None, with a warning."""
+        if previous is None or previous["fingerprint"] == fingerprint:
+            return previous
+        warnings.warn(
+            "warm_start=True, but the training data, targets, weights or the parameters that "
+            f"define the problem (all but {sorted(CONTINUABLE_PARAMS)}) changed since the last "
+            "fit: starting afresh",
+            UserWarning,
+            stacklevel=5,
+        )
+        return None
+
+    def _append_history(self, previous: dict) -> None:
+        """Number this fit's epochs after the continued fit's and keep its history; with
+        early stopping, keep the continued fit's coefficients if no epoch of this one scored
+        higher than its best (as one long fit would)."""
+        offset = previous["n_iter"]
+        for record in self.history_:
+            record["epoch"] += offset
+        self.history_ = previous["history"] + self.history_
+        self.n_iter_ += offset
+        self.best_epoch_ += offset
+        scores = [r["val_score"] for r in self.history_]
+        if self.early_stopping and None not in scores:
+            before = scores[previous["best_epoch"] - 1]
+            if before >= max(scores[offset:], default=-np.inf):  # ties: the earlier, as one fit
+                self.dual_coef_, self.best_epoch_ = previous["dual_coef"], previous["best_epoch"]
 
     def _kernel_and_diagnosis(self, data: HostData, Y: np.ndarray, seed: int, in_memory: bool):
         """The kernel (bandwidth resolved on a sample of rows) and what the data allow
@@ -626,7 +773,15 @@ callable or Kernel, default="gaussian"
     random_state : int, RandomState instance or None, default=None
         Seeds the subsample, the batches and the held-out split.
     verbose : int, default=0
-        ``1`` shows a progress bar per epoch with the running loss.
+        ``1`` shows one progress bar per fit, with the epoch and the running loss.
+    warm_start : bool, default=False
+        ``True``: a ``fit`` on the same training data, targets and weights, with the same
+        problem-defining parameters (all but ``n_epochs``, ``verbose``, ``warm_start``,
+        ``n_iter_no_change``, ``memory_gb``, ``device``, ``batch_size``, ``step_size`` and
+        ``random_state``), continues the previous fit: from its last iterate, with its
+        preconditioner, batch and step size, held-out split and centers; ``n_epochs`` counts
+        further epochs and ``history_`` continues. Otherwise it starts afresh with a
+        warning. With early stopping, the best epoch of both fits is kept.
 
     Attributes
     ----------
@@ -635,7 +790,7 @@ callable or Kernel, default="gaussian"
     dual_coef_ : ndarray of shape (n_samples,) or (n_samples, n_targets)
         Their coefficients.
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Only when ``X`` has string feature names.
     n_iter_ : int
         Epochs run.
@@ -674,7 +829,7 @@ callable or Kernel, default="gaussian"
     True
     """
 
-    def fit(self, X, y, eval_set=None):
+    def fit(self, X, y, sample_weight=None, eval_set=None):
         """Fit the model.
 
         Parameters
@@ -682,6 +837,11 @@ callable or Kernel, default="gaussian"
         X : array-like of shape (n_samples, n_features)
             numpy, pandas or torch; sparse input is rejected.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the squared errors: the fit converges to
+            ``(W K + alpha I) c = W y``, :class:`~sklearn.kernel_ridge.KernelRidge`'s
+            weighted solution (general centers: the weighted least-squares fit). A zero
+            weight removes the point from the fit. The early-stopping score is weighted too.
         eval_set : list of (X, y) pairs, optional
             Data scored (R^2) after every epoch, recorded in ``history_[i]["eval_scores"]``;
             for monitoring only, it never influences the fit.
@@ -690,13 +850,14 @@ callable or Kernel, default="gaussian"
         -------
         self
         """
-        with _atomic_fit(self):
-            self._fit_regressor(X, y, eval_set)
+        with _atomic_fit(self) as previous:
+            self._fit_regressor(X, y, sample_weight, eval_set, self._continued(previous))
         return self
 
-    def _fit_regressor(self, X, y, eval_set) -> None:
+    def _fit_regressor(self, X, y, sample_weight, eval_set, previous) -> None:
         self._check_params()
         X, y = self._validate_fit_data(X, y, multi_output=True, y_numeric=True)
+        sample_weight = _validate_sample_weight(sample_weight, y.shape[0])
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
 
         def make_scorer(y_eval):
@@ -704,7 +865,10 @@ callable or Kernel, default="gaussian"
             return lambda pred: r2_score(y_eval, pred)
 
         evals = self._eval_sets(eval_set, make_scorer, numeric=True)
-        self._fit_targets(X, Y, score=r2_score, eval_scorers=evals)
+        self._fit_targets(
+            X, Y, score=r2_score, eval_scorers=evals, sample_weight=sample_weight,
+            previous=previous,
+        )  # fmt: skip
         if y.ndim == 1:
             self.dual_coef_ = self.dual_coef_.ravel()
 
@@ -736,8 +900,12 @@ class EigenProClassifier(ClassifierMixin, _BaseEigenPro):
     ----------
     kernel, bandwidth, kernel_params, n_epochs, n_components, subsample_size, batch_size, \
 step_size, memory_gb, alpha, early_stopping, validation_fraction, n_iter_no_change, \
-n_centers, inner_params, device, dtype, random_state, verbose
+n_centers, inner_params, device, dtype, random_state, verbose, warm_start
         See :class:`EigenProRegressor`.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, multiplied into ``sample_weight``: a dict ``{label:
+        weight}``, or ``"balanced"``, ``n_samples / (n_classes * bincount(y))``, as in
+        scikit-learn (:func:`sklearn.utils.class_weight.compute_sample_weight`).
 
     Attributes
     ----------
@@ -765,7 +933,48 @@ world_size_
     True
     """
 
-    def fit(self, X, y, eval_set=None):
+    _parameter_constraints: dict = {
+        **_BaseEigenPro._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def __init__(
+        self,
+        kernel="gaussian",
+        *,
+        bandwidth="auto",
+        kernel_params=None,
+        n_epochs=10,
+        n_components="auto",
+        subsample_size="auto",
+        batch_size="auto",
+        step_size="auto",
+        memory_gb="auto",
+        alpha=0.0,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        n_centers=None,
+        inner_params=None,
+        device="auto",
+        dtype="float32",
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+        class_weight=None,
+    ):
+        super().__init__(
+            kernel, bandwidth=bandwidth, kernel_params=kernel_params, n_epochs=n_epochs,
+            n_components=n_components, subsample_size=subsample_size, batch_size=batch_size,
+            step_size=step_size, memory_gb=memory_gb, alpha=alpha,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change, n_centers=n_centers, inner_params=inner_params,
+            device=device, dtype=dtype, random_state=random_state, verbose=verbose,
+            warm_start=warm_start,
+        )  # fmt: skip
+        self.class_weight = class_weight
+
+    def fit(self, X, y, sample_weight=None, eval_set=None):
         """Fit the classifier.
 
         Parameters
@@ -774,6 +983,9 @@ world_size_
             numpy, pandas or torch; sparse input is rejected.
         y : array-like of shape (n_samples,)
             Class labels of any type.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the points' squared errors, multiplied by the
+            ``class_weight`` of their class; a zero weight removes the point from the fit.
         eval_set : list of (X, y) pairs, optional
             Data scored (accuracy) after every epoch, recorded in
             ``history_[i]["eval_scores"]``; for monitoring only, it never influences the fit.
@@ -782,14 +994,15 @@ world_size_
         -------
         self
         """
-        with _atomic_fit(self):
-            self._fit_classifier(X, y, eval_set)
+        with _atomic_fit(self) as previous:
+            self._fit_classifier(X, y, sample_weight, eval_set, self._continued(previous))
         return self
 
-    def _fit_classifier(self, X, y, eval_set) -> None:
+    def _fit_classifier(self, X, y, sample_weight, eval_set, previous) -> None:
         self._check_params()
         X, y = self._validate_fit_data(X, y, multi_output=False, y_numeric=False)
         y = column_or_1d(y, warn=True)
+        sample_weight = _validate_sample_weight(sample_weight, y.shape[0])
         check_classification_targets(y)
         target_type = type_of_target(y)
         if target_type not in ("binary", "multiclass"):
@@ -809,18 +1022,25 @@ world_size_
             Y[np.arange(encoded.shape[0]), encoded] = 1.0
         counts = np.bincount(encoded)
         stratify = encoded if counts.min() >= 2 else None
+        if self.class_weight is not None:
+            by_class = compute_sample_weight(self.class_weight, y)
+            sample_weight = by_class if sample_weight is None else sample_weight * by_class
+            sample_weight = _validate_sample_weight(sample_weight, y.shape[0])
 
         def labels(Y_2d):
             return Y_2d.argmax(axis=1) if Y_2d.shape[1] > 1 else Y_2d[:, 0] > 0
 
-        def accuracy(Y_true, Y_pred):
-            return accuracy_score(labels(Y_true), labels(Y_pred))
+        def accuracy(Y_true, Y_pred, sample_weight=None):
+            return accuracy_score(labels(Y_true), labels(Y_pred), sample_weight=sample_weight)
 
         def make_scorer(y_eval):
             return lambda pred: accuracy_score(y_eval.ravel(), classes[labels(pred).astype(int)])
 
         evals = self._eval_sets(eval_set, make_scorer, numeric=False)
-        self._fit_targets(X, Y, score=accuracy, stratify=stratify, eval_scorers=evals)
+        self._fit_targets(
+            X, Y, score=accuracy, stratify=stratify, eval_scorers=evals,
+            sample_weight=sample_weight, previous=previous,
+        )  # fmt: skip
         self.classes_ = classes
 
     def decision_function(self, X) -> np.ndarray:

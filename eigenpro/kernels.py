@@ -33,6 +33,7 @@ __all__ = [
     "PolynomialKernel",
     "LinearKernel",
     "CallableKernel",
+    "ScaledKernel",
     "KERNELS",
     "get_kernel",
     "squared_distances",
@@ -405,6 +406,58 @@ class CallableKernel(Kernel):
             for i in range(0, len(X), chunk)
         ]
         return torch.cat(parts) if parts else X.new_zeros(0)
+
+
+@dataclass(frozen=True, eq=False)
+class _ScaledCenters(PreparedCenters):
+    """The base kernel's prepared centers and each center's scale (:class:`ScaledKernel`)."""
+
+    scale: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> _ScaledCenters:
+        return _ScaledCenters(
+            self.data[start:stop], self.origin, self.n_features, self.scale[start:stop]
+        )
+
+
+class ScaledKernel(Kernel):
+    """``a b k(x, z)`` for points ``(x, a)`` whose last column is a scale ``a``.
+
+    Sample weights are this kernel with ``a = sqrt(w)``: its matrix on the training points
+    is ``S K S`` with ``S = diag(sqrt(w))``, and EigenPro on it (targets ``S y``) solves the
+    weighted problem ``(W K + alpha I) c = W y`` with ``c = S c'``. Everything the solver
+    derives from the kernel (eigensystem, ``beta``, steps) then accounts for the weights.
+
+    Parameters
+    ----------
+    base : Kernel
+        ``k``, evaluated on all columns but the last.
+    """
+
+    name = "scaled"
+
+    def __init__(self, base: Kernel):
+        self.base = base
+
+    def block(self, X, Z):
+        return self.base.block(X[:, :-1], Z[:, :-1]) * X[:, -1:] * Z[:, -1]
+
+    def diag(self, X):
+        return self.base.diag(X[:, :-1]) * X[:, -1].square()
+
+    def prepare(self, Z):
+        inner = self.base.prepare(Z[:, :-1])
+        return _ScaledCenters(inner.data, inner.origin, inner.n_features, Z[:, -1].contiguous())
+
+    def prepare_points(self, X, centers):
+        return self.base.prepare_points(X[:, :-1], centers), X[:, -1:].contiguous()
+
+    def prepared_block(self, points, centers, out=None):
+        inner, scale = points
+        block = self.base.prepared_block(inner, centers, out=out)
+        if isinstance(self.base, CallableKernel):  # the user's tensor: not in place
+            return block * scale * centers.scale
+        return block.mul_(scale).mul_(centers.scale)
 
 
 KERNELS: dict[str, type[Kernel]] = {

@@ -67,6 +67,7 @@ __all__ = [
     "DivergenceGuard",
     "FitResult",
     "MemoryPlan",
+    "WarmStart",
     "budget_for_batch",
     "fit",
     "memory_plan",
@@ -79,6 +80,10 @@ __all__ = [
 DIVERGENCE_FACTOR = 2.0
 #: ... but growth below this fraction of the zero model's loss is read as noise, not divergence.
 NOISE_FLOOR = 1e-3
+#: Epoch losses below this fraction of the zero model's are round-off: a converged fit's loss
+#: wanders there (float64 KernelRidge-like fits: 1e-27 to 2e-27 of a loss near 1), which is
+#: not divergence.
+ROUNDOFF_FLOOR = {torch.float32: 1e-8, torch.float64: 1e-24}
 #: Two completed epochs in a row whose loss exceeds the best epoch's (or the zero model's) by
 #: this factor show a fit that diverges slowly (growth of 1.1-1.9x per epoch escapes the 2x
 #: test for several epochs); one epoch over :data:`DIVERGENCE_FACTOR` times it is enough. A
@@ -162,6 +167,9 @@ class DivergenceGuard:
     companions : list, optional
         Objects with ``snapshot()`` and ``restore(snapshot)`` (e.g. a
         :class:`ValidationTracker`), saved and restored with the iterate.
+    floor : float
+        A loss below which rises are round-off, not divergence (:data:`ROUNDOFF_FLOOR`
+        times ``zero_loss``).
     """
 
     def __init__(
@@ -170,8 +178,10 @@ class DivergenceGuard:
         zero_loss: float,
         no_exact_fit: str | None = None,
         companions: list | None = None,
+        floor: float = 0.0,
     ):
         self.state = state
+        self.floor = floor
         self.zero_loss = zero_loss
         self.no_exact_fit = no_exact_fit
         self.companions = list(companions or [])
@@ -207,6 +217,7 @@ class DivergenceGuard:
             base, what = self.best_loss, f"{self.best_loss:.3g} (epoch {self.best_epoch})"
         else:
             base, what = self.zero_loss, f"the zero model's {self.zero_loss:.3g}"
+        base = max(base, self.floor)
         return RISE_FACTOR * base + 2 * stderr, DIVERGENCE_FACTOR * base + 3 * stderr, what
 
     def problem(self, loss: float, finished: bool, stderr: float = 0.0) -> str | None:
@@ -359,6 +370,49 @@ class ValidationTracker:
 
 
 @dataclass
+class WarmStart:
+    """Where a fit ended, to continue it (``warm_start``): on the same data and centers, the
+    next fit starts from ``coef`` with this preconditioner, batch and step.
+
+    Attributes
+    ----------
+    coef : Tensor of shape (p, l)
+        Coefficients of the centers in their given order, on the CPU.
+    preconditioner : EigenProPreconditioner
+        On the CPU; its ``subsample_indices`` are positions among the given centers.
+    batch_size : int
+    step_size : float
+    """
+
+    coef: torch.Tensor
+    preconditioner: EigenProPreconditioner
+    batch_size: int
+    step_size: float
+
+
+def _to_host(precond: EigenProPreconditioner) -> EigenProPreconditioner:
+    """A copy of ``precond`` with its tensors on the CPU."""
+    moved = {
+        f.name: getattr(precond, f.name).cpu()
+        for f in dataclasses.fields(precond)
+        if isinstance(getattr(precond, f.name), torch.Tensor)
+    }
+    return dataclasses.replace(precond, **moved)
+
+
+def _to_device(precond: EigenProPreconditioner, device, dtype) -> EigenProPreconditioner:
+    """``precond`` on ``device``, its vectors in the training ``dtype`` (eigenvalues stay
+    float64)."""
+    return dataclasses.replace(
+        precond,
+        subsample_indices=precond.subsample_indices.to(device),
+        eigenvectors=precond.eigenvectors.to(device=device, dtype=dtype),
+        scales=precond.scales.to(device=device, dtype=dtype),
+        eigenvalues=precond.eigenvalues.to(device),
+    )
+
+
+@dataclass
 class FitResult:
     """What :func:`fit` returns.
 
@@ -388,6 +442,8 @@ class FitResult:
         ``subsample_size``, ``batch_size``, ``step_size``, ``n_steps``).
     world_size : int
         Ranks the centers were sharded over.
+    warm : WarmStart
+        What a continuation of this fit needs.
     """
 
     coef: torch.Tensor
@@ -401,6 +457,7 @@ class FitResult:
     inner: dict = field(default_factory=dict)
     world_size: int = 1
     plan: MemoryPlan | None = None
+    warm: WarmStart | None = None
 
 
 @dataclass
@@ -692,6 +749,7 @@ def fit(
     callback: Callable[[int, Callable, dict], dict | None] | None = None,
     verbose: int = 0,
     no_exact_fit: str | None = None,
+    warm: WarmStart | None = None,
 ) -> FitResult:
     """Fit ``f = sum_j coef_j k(z_j, .)`` by EigenPro, with every setting resolved here.
 
@@ -741,6 +799,9 @@ def fit(
     no_exact_fit : str, optional
         Why the problem has no exact fit, if known; fewer centers than points is detected
         here. Such a fit halves the step when the loss stalls (:data:`PLATEAU_SIGNIFICANCE`).
+    warm : WarmStart, optional
+        Continue a fit on the same data and centers (``FitResult.warm``): start from its
+        coefficients with its preconditioner, batch size and step size (unless given).
 
     Returns
     -------
@@ -760,7 +821,7 @@ def fit(
     settings = dict(
         device=device, dtype=dtype, memory_budget=memory_budget, batch_size=batch_size,
         step_size=step_size, n_components=n_components, subsample_size=subsample_size,
-        ridge=ridge, rng=rng, comm=comm,
+        ridge=ridge, rng=rng, comm=comm, warm=warm,
     )  # fmt: skip
     if centers is None:
         run = _setup_training_points(kernel, data, targets, **settings)
@@ -778,7 +839,12 @@ def fit(
         raise
 
 
-def _resolve_batch_and_step(precond, batch_size, step_size, max_batch, n, dtype, safety=1.0):
+def _resolve_batch_and_step(
+    precond, batch_size, step_size, max_batch, n, dtype, safety=1.0, warm=None
+):  # fmt: skip
+    if warm is not None:  # continue with the batch and step the last fit ended with
+        batch_size = warm.batch_size if batch_size == "auto" else batch_size
+        step_size = warm.step_size if step_size == "auto" else step_size
     m = precond.auto_batch_size(max_batch, n) if batch_size == "auto" else batch_size
     m = int(min(int(m), n))
     if step_size == "auto":
@@ -788,21 +854,29 @@ def _resolve_batch_and_step(precond, batch_size, step_size, max_batch, n, dtype,
 
 def _setup_training_points(
     kernel, data, targets, *, device, dtype, memory_budget, batch_size, step_size,
-    n_components, subsample_size, ridge, rng, comm,
+    n_components, subsample_size, ridge, rng, comm, warm,
 ) -> _Run:  # fmt: skip
     """EigenPro 2: the training points are the centers (identity projection)."""
     X = data if isinstance(data, torch.Tensor) else data.whole(dtype, device)
     X, Y = X.to(device=device, dtype=dtype), targets.to(device=device, dtype=dtype)
     (n, d), n_out = X.shape, Y.shape[1]
     sized = subsample_size_for_budget(n, d, n_out, device, dtype, memory_budget)
+    if warm is not None:
+        sized = subsample_size = warm.preconditioner.subsample_indices.numel()
     s = _subsample(subsample_size, n, "subsample_size", sized)
     lo, hi = comm.shard(n)
     plan = memory_plan(hi - lo, d, n_out, s, device, dtype, memory_budget)
-    precond = build_preconditioner(
-        kernel, X, n_components=n_components, subsample_size=s,
-        max_batch_size=plan.max_batch_size, ridge=ridge, rng=rng, dtype=dtype,
-    )  # fmt: skip
-    m, eta = _resolve_batch_and_step(precond, batch_size, step_size, plan.max_batch_size, n, dtype)
+    if warm is None:
+        precond = build_preconditioner(
+            kernel, X, n_components=n_components, subsample_size=s,
+            max_batch_size=plan.max_batch_size, ridge=ridge, rng=rng, dtype=dtype,
+        )  # fmt: skip
+    else:
+        precond = _to_device(warm.preconditioner, device, dtype)
+    m, eta = _resolve_batch_and_step(
+        precond, batch_size, step_size, plan.max_batch_size, n, dtype, warm=warm
+    )
+    given = _to_host(precond)
     # Centers in subsample-first order: the preconditioner's columns K(X_B, X_S) are then a
     # contiguous slice of each kernel block, copied out tile by tile, and its update a slice
     # of the coefficients. The data take the same order, so a batch's rows are centers.
@@ -818,7 +892,9 @@ def _setup_training_points(
     result = FitResult(
         coef=torch.empty(0), batch_size=m, preconditioner=precond, subsample_size=s,
         inner={"method": "identity"}, world_size=comm.world_size, plan=plan,
+        warm=WarmStart(torch.empty(0), given, m, eta),
     )  # fmt: skip
+    _start_from(model, warm, order)
     return _Run(
         model, IdentityProjection(model, basis, ridge), basis, rows, n_out, m, eta, rng,
         order, rows.take(final_check_rows(n)), ridge, result,
@@ -864,7 +940,7 @@ def _subsample(value, p: int, name: str, sized: int) -> int:
 
 def _setup_centers(
     kernel, data, targets, centers, *, inner, device, dtype, memory_budget, batch_size,
-    step_size, n_components, subsample_size, ridge, rng, comm,
+    step_size, n_components, subsample_size, ridge, rng, comm, warm,
 ) -> _Run:  # fmt: skip
     """EigenPro 3/4: general centers, the data streamed from the host."""
     inner = check_inner(inner)
@@ -879,6 +955,8 @@ def _setup_centers(
     )
     budget = memory_budget - (2 * p * p * itemsize if exact else 0)
     sized = subsample_size_for_budget(p, d, n_out, device, dtype, budget)
+    if warm is not None:
+        sized = subsample_size = warm.preconditioner.subsample_indices.numel()
     s = _subsample(subsample_size, p, "subsample_size", sized)
     s_in = 0
     if not exact:
@@ -888,16 +966,21 @@ def _setup_centers(
         hi - lo, d, n_out, s, device, dtype, budget, data_on_device=False,
         inner_subsample_size=s_in,
     )  # fmt: skip
-    precond, sub_coords = center_preconditioner(
-        kernel, centers, n_components=n_components, subsample_size=s,
-        max_batch_size=plan.max_batch_size, ridge=ridge, n_train=n, rng=rng, device=device,
-        dtype=dtype,
-    )  # fmt: skip
-    precond = _calibrate_on_data(kernel, data, precond, sub_coords, ridge, rng, device)
+    if warm is None:
+        precond, sub_coords = center_preconditioner(
+            kernel, centers, n_components=n_components, subsample_size=s,
+            max_batch_size=plan.max_batch_size, ridge=ridge, n_train=n, rng=rng, device=device,
+            dtype=dtype,
+        )  # fmt: skip
+        precond = _calibrate_on_data(kernel, data, precond, sub_coords, ridge, rng, device)
+    else:
+        precond = _to_device(warm.preconditioner, device, dtype)
+        sub_coords = centers[precond.subsample_indices.cpu()].to(device)
     safety = TRACKING_SAFETY if method == "eigenpro" else 1.0
     m, eta = _resolve_batch_and_step(
-        precond, batch_size, step_size, plan.max_batch_size, n, dtype, safety
+        precond, batch_size, step_size, plan.max_batch_size, n, dtype, safety, warm
     )
+    given = _to_host(precond)
     order = _subsample_first(precond.subsample_indices.cpu(), p)
     centers = centers[order]
     precond.subsample_indices = torch.arange(s, device=device)
@@ -926,11 +1009,20 @@ def _setup_centers(
     result = FitResult(
         coef=torch.empty(0), batch_size=m, preconditioner=precond, subsample_size=s,
         inner=projection.settings(), world_size=comm.world_size, plan=plan,
+        warm=WarmStart(torch.empty(0), given, m, eta),
     )  # fmt: skip
+    _start_from(model, warm, order)
     check = rows.take(final_check_rows(n))
     return _Run(
         model, projection, basis, rows, n_out, m, eta, rng, order, check, 0.0, result
     )  # fmt: skip
+
+
+def _start_from(model: CenterModel, warm: WarmStart | None, order: torch.Tensor) -> None:
+    """Load a previous fit's coefficients (given order) into the model (solver order)."""
+    if warm is not None:
+        coef = warm.coef[order.cpu()][model.lo : model.hi]
+        model.coef.copy_(coef.to(device=model.device, dtype=model.dtype))
 
 
 def _inner_projection(model, centers, inner, plan, outer, sizes, rng):
@@ -1060,9 +1152,11 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
     zero_loss = max(float(Y.double().pow(2).mean()) if Y.numel() else 0.0, 1e-30)
     check_zero = max(float(run.check[2].double().pow(2).mean()), 1e-30)
     by_iterate = math.ceil(run.n / run.batch_size) < MIN_EPOCH_BATCHES  # judge final iterates
+    reference = check_zero if by_iterate else zero_loss
     guard = DivergenceGuard(
-        [model, projection], check_zero if by_iterate else zero_loss, no_exact_fit,
+        [model, projection], reference, no_exact_fit,
         [monitor.tracker] if monitor.tracker else [],
+        floor=ROUNDOFF_FLOOR[model.dtype] * reference,
     )  # fmt: skip
     eta, epoch = check_step_size(run.step_size, run.batch_size, model.dtype), 1
     if no_exact_fit:
@@ -1118,6 +1212,9 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
     coef, result.best_epoch = best if best else (model.coef, result.n_epochs)
     result.coef = _unpermute(model.gather(coef), run.order.cpu())
     result.step_size = eta
+    # a continuation goes on from the last iterate, not from the best epoch's coefficients
+    last = result.coef if best is None else _unpermute(model.gather(model.coef), run.order.cpu())
+    result.warm = dataclasses.replace(result.warm, coef=last, step_size=eta)
     return result
 
 

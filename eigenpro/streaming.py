@@ -35,6 +35,9 @@ class HostData:
     rows : ndarray of int, optional
         Restrict to these rows (e.g. the training part of a held-out split); batch positions
         then index into ``rows``.
+    column : ndarray of shape (n,), optional
+        Appended to every row as a last feature (the square roots of sample weights, read
+        by :class:`~eigenpro.kernels.ScaledKernel`); indexed like the rows of ``X``.
 
     Raises
     ------
@@ -42,7 +45,7 @@ class HostData:
         If ``X`` is not a 2-d real numpy array or CPU tensor.
     """
 
-    def __init__(self, X, rows: np.ndarray | None = None):
+    def __init__(self, X, rows: np.ndarray | None = None, column: np.ndarray | None = None):
         if not is_streamable(X):
             raise TypeError(
                 "streamed data must be a 2-d real numpy array, numpy.memmap or CPU torch tensor; "
@@ -51,6 +54,9 @@ class HostData:
             )
         self.X = X
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.column = None if column is None else np.asarray(column, dtype=np.float64)
+        if self.column is not None and self.column.shape != (X.shape[0],):
+            raise ValueError(f"column has shape {self.column.shape}; expected ({X.shape[0]},)")
 
     @property
     def n_samples(self) -> int:
@@ -58,7 +64,7 @@ class HostData:
 
     @property
     def n_features(self) -> int:
-        return int(self.X.shape[1])
+        return int(self.X.shape[1]) + (self.column is not None)
 
     @property
     def nbytes(self) -> int:
@@ -72,13 +78,28 @@ class HostData:
     def subset(self, positions: np.ndarray) -> HostData:
         """The rows at ``positions`` (relative to this object), still without a copy."""
         positions = np.asarray(positions, dtype=np.int64)
-        return HostData(self.X, positions if self.rows is None else self.rows[positions])
+        rows = positions if self.rows is None else self.rows[positions]
+        return HostData(self.X, rows, self.column)
+
+    def with_column(self, column: np.ndarray | None) -> HostData:
+        """The same rows with ``column`` (one value per row of this object) appended as a
+        last feature; ``None`` gives the rows without one."""
+        if column is None:
+            return HostData(self.X, self.rows)
+        full = np.ones(self.X.shape[0])
+        full[slice(None) if self.rows is None else self.rows] = column
+        return HostData(self.X, self.rows, full)
 
     def whole(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """All rows as one tensor on ``device``: without a copy when they already are a
         contiguous CPU array of ``dtype`` (checked for NaN and infinity all the same)."""
         X = self.X
-        if self.rows is None and device.type == "cpu" and not self._is_tensor:
+        if (
+            self.rows is None
+            and self.column is None
+            and device.type == "cpu"
+            and not self._is_tensor
+        ):
             if X.flags.c_contiguous and X.dtype == torch.empty(0, dtype=dtype).numpy().dtype:
                 view = torch.from_numpy(X) if X.flags.writeable else None
                 if view is not None:
@@ -115,6 +136,9 @@ class HostData:
                 f"Input {name} contains {kind} (first bad row: {int(bad[0])}); streamed data is "
                 "checked batch by batch, remove or impute non-finite values."
             )
+        if self.column is not None:
+            extra = torch.from_numpy(self.column[rows]).to(dtype).unsqueeze(1)
+            batch = torch.cat([batch, extra], dim=1)
         if device.type == "cuda":
             return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device)

@@ -22,13 +22,25 @@ from eigenpro.kernels import GaussianKernel
 from eigenpro.preconditioner import STEP_SAFETY
 
 
+def _expected_failures(estimator) -> dict:
+    # A stochastic solver with a fixed number of epochs: a row of weight k equals k copies of
+    # it only at convergence (the copies change the batches and the subsample); that limit is
+    # tested to tolerance in test_weights.py. scikit-learn marks SGDRegressor the same way.
+    return {
+        "check_sample_weight_equivalence_on_dense_data": (
+            "weights equal repeated rows at convergence only (tests/test_weights.py)"
+        )
+    }
+
+
 @parametrize_with_checks(
     [
         EigenProRegressor(),
         EigenProClassifier(),
         EigenProRegressor(dtype="float64"),
         EigenProClassifier(dtype="float64"),
-    ]
+    ],
+    expected_failed_checks=_expected_failures,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
