@@ -18,12 +18,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.spatial.distance import pdist
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import (
     _check_feature_names,
@@ -37,9 +39,17 @@ from sklearn.utils.validation import (
 )
 
 from ._device import resolve_device, resolve_dtype, resolve_memory_budget
+from .calibration import fit_temperature, log_probabilities
 from .diagnostics import diagnose, repeated_rows_with_other_targets
 from .distributed import get_communicator
-from .kernels import KERNELS, Kernel, RadialKernel, ScaledKernel, get_kernel
+from .kernels import (
+    KERNELS,
+    Kernel,
+    PrecomputedKernel,
+    RadialKernel,
+    ScaledKernel,
+    get_kernel,
+)
 from .preconditioner import (
     PRECISION_FLOOR,
     default_max_components,
@@ -120,8 +130,10 @@ def _is_fitted_attribute(name: str) -> bool:
 #: Parameters a warm start may change: the others define the problem being continued.
 CONTINUABLE_PARAMS = frozenset(
     {"n_epochs", "verbose", "warm_start", "n_iter_no_change", "memory_gb", "device",
-     "batch_size", "step_size", "random_state"}
+     "batch_size", "step_size", "random_state", "probability"}
 )  # fmt: skip
+#: Rows of a sparse ``X`` densified at a time for prediction.
+SPARSE_ROWS = 4096
 #: Rows of streamed data that identify it for a warm start (data in memory are hashed whole).
 FINGERPRINT_ROWS = 10000
 
@@ -162,6 +174,27 @@ def _to_numpy(data):
     if isinstance(data, torch.Tensor):
         return data.detach().cpu().numpy()
     return data
+
+
+def _held_out_split(n: int, fraction: float, seed: int, stratify=None):
+    """Sorted ``(train, held_out)`` positions; stratified by ``stratify`` (class codes)
+    where every class can appear on both sides, else at random."""
+    if stratify is not None:
+        n_classes = int(np.max(stratify)) + 1
+        n_held = math.ceil(fraction * n)
+        if min(n_held, n - n_held) < n_classes or np.bincount(stratify).min() < 2:
+            stratify = None
+    train, held = train_test_split(
+        np.arange(n), test_size=fraction, random_state=seed, stratify=stratify
+    )
+    return np.sort(train), np.sort(held)
+
+
+def _rows(X, positions: np.ndarray) -> np.ndarray:
+    """Rows of validated training data (numpy, or :class:`HostData`) as float64 numpy."""
+    if isinstance(X, HostData):
+        return X.take(positions, torch.float64, torch.device("cpu")).numpy()
+    return np.asarray(X[positions], dtype=np.float64)
 
 
 def _as_tensor(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -225,7 +258,7 @@ class _BaseEigenPro(BaseEstimator):
     """Shared fitting and prediction; subclasses define targets and scores."""
 
     _parameter_constraints: dict = {
-        "kernel": [StrOptions(set(KERNELS)), callable, Kernel],
+        "kernel": [StrOptions(set(KERNELS) | {"precomputed"}), callable, Kernel],
         "bandwidth": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "kernel_params": [dict, None],
         "n_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -299,6 +332,37 @@ class _BaseEigenPro(BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, str) and not np.isfinite(value):
                 raise ValueError(f"{name} must be finite; got {value!r}")
+        if self._precomputed and not (
+            self.n_centers is None or isinstance(self.n_centers, Integral)
+        ):
+            raise ValueError(
+                "kernel='precomputed' takes n_centers=None or an int (centers drawn from the "
+                "training points); centers given as points need the kernel itself"
+            )
+
+    @property
+    def _precomputed(self) -> bool:
+        return isinstance(self.kernel, str) and self.kernel == "precomputed"
+
+    def _validate_kernel_matrix(self, K, y, *, multi_output: bool, y_numeric: bool):
+        """``kernel="precomputed"``: the training kernel matrix, square and symmetric."""
+        K, y = validate_data(
+            self, _to_numpy(K), _to_numpy(y), dtype=[np.float64, np.float32],
+            accept_sparse="csr", multi_output=multi_output, y_numeric=y_numeric,
+        )  # fmt: skip
+        K = K.toarray() if sp.issparse(K) else K
+        if K.shape[0] != K.shape[1]:
+            raise ValueError(
+                f"kernel='precomputed' needs the square (n_samples, n_samples) kernel matrix of "
+                f"the training points as X; got shape {K.shape}"
+            )
+        scale = max(float(np.abs(np.diagonal(K)).max()), np.finfo(np.float64).tiny)
+        if not np.allclose(K, K.T, rtol=0.0, atol=1e-6 * scale):
+            raise ValueError(
+                "kernel='precomputed': X is not symmetric; a kernel matrix K(X_train, X_train) "
+                "must be (EigenPro would not converge)"
+            )
+        return K, y
 
     def _validate_fit_data(self, X, y, *, multi_output: bool, y_numeric: bool):
         """Validate ``(X, y)`` for ``fit``; returns ``X`` (numpy, or :class:`HostData` when
@@ -311,12 +375,19 @@ class _BaseEigenPro(BaseEstimator):
             raise TypeError(
                 "y is a scipy.sparse matrix; EigenPro needs dense targets: pass y.toarray()"
             )
+        if self._precomputed:  # the matrix, as it is; _fit_targets turns it into a kernel
+            return self._validate_kernel_matrix(
+                X, y, multi_output=multi_output, y_numeric=y_numeric
+            )
         if self.n_centers is None or not is_streamable(X):
             X, y = validate_data(
                 self, _to_numpy(X), _to_numpy(y), dtype=[np.float64, np.float32],
-                multi_output=multi_output, y_numeric=y_numeric,
+                accept_sparse="csr", multi_output=multi_output, y_numeric=y_numeric,
             )  # fmt: skip
-            return (X if self.n_centers is None else HostData(X)), y
+            if self.n_centers is not None:
+                return HostData(X), y
+            # EigenPro 2: the training points are the centers, held dense on the device
+            return (X.toarray() if sp.issparse(X) else X), y
         n, d = X.shape
         if n < 1:
             raise ValueError(f"Found array with 0 sample(s) (shape={tuple(X.shape)}) while a "
@@ -331,7 +402,9 @@ class _BaseEigenPro(BaseEstimator):
         return HostData(X), y
 
     def _validate_X(self, X, reset: bool):
-        return validate_data(self, _to_numpy(X), reset=reset, dtype=[np.float64, np.float32])
+        return validate_data(
+            self, _to_numpy(X), reset=reset, dtype=[np.float64, np.float32], accept_sparse="csr"
+        )
 
     def _continued(self, previous: dict) -> dict | None:
         """The state a warm start continues from (None: start afresh)."""
@@ -352,6 +425,7 @@ class _BaseEigenPro(BaseEstimator):
         across the ranks (every rank must call ``fit`` with the same data).
         ``sample_weight``: validated non-negative weights, or None. ``previous``: the
         ``_warm_state_`` of the fit a warm start continues, used when the problem is the same.
+        Returns the positions of the rows held out for early stopping (None without).
         """
         comm = get_communicator()
         device = resolve_device(self.device)
@@ -363,6 +437,9 @@ class _BaseEigenPro(BaseEstimator):
         rng = np.random.default_rng(seed)
         if self.inner_params is not None:
             check_inner(self.inner_params)
+        matrix = None
+        if self._precomputed:  # the points are the rows' indices into the kernel matrix
+            matrix, X = X, np.arange(X.shape[0], dtype=np_dtype)[:, None]
         in_memory = not isinstance(X, HostData)
         data = HostData(X) if in_memory else X
         params = {
@@ -370,6 +447,7 @@ class _BaseEigenPro(BaseEstimator):
             for k, v in self.get_params().items()
             if k not in CONTINUABLE_PARAMS
         }  # repr: callables (lambdas included) by identity
+        params["precomputed"] = matrix
         fingerprint = _fingerprint(data, in_memory, Y, sample_weight, params)
         previous = self._check_continuation(previous, fingerprint)
         if previous is not None:  # the same split, bandwidth and centers; the batches go on
@@ -377,15 +455,11 @@ class _BaseEigenPro(BaseEstimator):
             rng.bit_generator.state = previous["rng_state"]
 
         n = data.n_samples
-        validation = None
+        validation = val_pos = None
         if self.early_stopping:
             if n < 2:
                 raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
-            train_pos, val_pos = train_test_split(
-                np.arange(n), test_size=self.validation_fraction, random_state=seed,
-                stratify=stratify,
-            )  # fmt: skip
-            train_pos, val_pos = np.sort(train_pos), np.sort(val_pos)
+            train_pos, val_pos = _held_out_split(n, self.validation_fraction, seed, stratify)
             X_val, Y_val = data.take(val_pos, dtype, device), Y[val_pos]
             w_val = None if sample_weight is None else sample_weight[val_pos]
             data, Y, n = data.subset(train_pos), Y[train_pos], len(train_pos)
@@ -396,7 +470,7 @@ class _BaseEigenPro(BaseEstimator):
                 lambda pred: score(Y_val, pred.double().cpu().numpy(), sample_weight=w_val),
             )
 
-        kernel, bandwidth, diagnosis = self._kernel_and_diagnosis(data, Y, seed, in_memory)
+        kernel, bandwidth, diagnosis = self._kernel_and_diagnosis(data, Y, seed, in_memory, matrix)
         centers = None if self.n_centers is None else self._centers(data, rng, np_dtype)
         if previous is not None and centers is not None:
             centers = torch.from_numpy(previous["centers"])
@@ -434,10 +508,14 @@ class _BaseEigenPro(BaseEstimator):
         if centers is None:
             centers = data.take(np.arange(n), dtype, torch.device("cpu"))
         self.centers_ = centers.numpy()
+        if matrix is not None:  # the centers' indices among the training points
+            self.centers_ = self.centers_[:, 0].astype(np.int64)
         self.dual_coef_ = weighted.coefficients(result.coef, on_data=self.n_centers is None)
         self.n_centers_ = p
         self.kernel_ = kernel
         self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
+        if matrix is not None:  # predictions read the test rows of K; keep no n x n copy
+            self.kernel_ = "precomputed"
         self._set_solver_attributes(result, device)
         if self.n_centers is not None:
             self.inner_params_ = {key: result.inner.get(key) for key in INNER_KEYS}
@@ -445,10 +523,10 @@ class _BaseEigenPro(BaseEstimator):
             self._append_history(previous)
         self._warm_state_ = {
             "fingerprint": fingerprint, "seed": seed, "rng_state": rng.bit_generator.state,
-            "warm": result.warm, "centers": self.centers_, "history": self.history_,
+            "warm": result.warm, "centers": centers.numpy(), "history": self.history_,
             "n_iter": self.n_iter_, "best_epoch": self.best_epoch_, "dual_coef": self.dual_coef_,
         }  # fmt: skip
-        return self
+        return val_pos
 
     def _check_continuation(self, previous: dict | None, fingerprint: str) -> dict | None:
         """``previous`` when it fitted the same problem; else None, with a warning."""
@@ -479,15 +557,20 @@ class _BaseEigenPro(BaseEstimator):
             if before >= max(scores[offset:], default=-np.inf):  # ties: the earlier, as one fit
                 self.dual_coef_, self.best_epoch_ = previous["dual_coef"], previous["best_epoch"]
 
-    def _kernel_and_diagnosis(self, data: HostData, Y: np.ndarray, seed: int, in_memory: bool):
-        """The kernel (bandwidth resolved on a sample of rows) and what the data allow
-        (:func:`~eigenpro.diagnostics.diagnose`)."""
+    def _kernel_and_diagnosis(
+        self, data: HostData, Y: np.ndarray, seed: int, in_memory: bool, matrix=None
+    ):  # fmt: skip
+        """The kernel (bandwidth resolved on a sample of rows; ``matrix``: the precomputed
+        kernel matrix) and what the data allow (:func:`~eigenpro.diagnostics.diagnose`)."""
         n = data.n_samples
         sample = np.arange(n)
         if n > BANDWIDTH_SAMPLE:
             sample = np.sort(check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False))
         rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
-        kernel, bandwidth = self._make_kernel(rows, seed)
+        if matrix is None:
+            kernel, bandwidth = self._make_kernel(rows, seed)
+        else:
+            kernel, bandwidth = PrecomputedKernel(torch.from_numpy(matrix)), None
         if in_memory:  # the whole data are at hand: check them all
             X = data.X if data.rows is None else data.X[data.rows]
             single = bool(np.ptp(X, axis=0).max() == 0)
@@ -650,6 +733,7 @@ class _BaseEigenPro(BaseEstimator):
                 raise TypeError(f"{name}: y is a scipy.sparse matrix; pass y.toarray()")
             try:
                 X_eval = self._validate_X(X_eval, reset=False)
+                X_eval = X_eval.toarray() if sp.issparse(X_eval) else X_eval
                 y_eval = np.asarray(_to_numpy(y_eval))
                 if numeric or y_eval.dtype.kind in "fc":
                     y_eval = check_array(
@@ -670,7 +754,20 @@ class _BaseEigenPro(BaseEstimator):
     def _raw_predict(self, X) -> np.ndarray:
         """``K(X, centers_) @ dual_coef_`` as float64 numpy of shape (n, l)."""
         check_is_fitted(self, "dual_coef_")
-        X = self._validate_X(X, reset=False)
+        return self._outputs(self._validate_X(X, reset=False))
+
+    def _outputs(self, X) -> np.ndarray:
+        """``K(X, centers_) @ dual_coef_`` for validated ``X`` (a sparse ``X`` densified
+        :data:`SPARSE_ROWS` rows at a time)."""
+        if sp.issparse(X):
+            chunks = [
+                self._outputs(X[start : start + SPARSE_ROWS].toarray())
+                for start in range(0, X.shape[0], SPARSE_ROWS)
+            ]
+            return np.vstack(chunks)
+        coef = self.dual_coef_.reshape(self.centers_.shape[0], -1)
+        if isinstance(self.kernel_, str):  # precomputed: X is K(X_test, X_train)
+            return np.asarray(X[:, self.centers_] @ coef.astype(np.float64), dtype=np.float64)
         device = resolve_device(self.device, fallback=True)
         dtype = torch.float32 if self.dual_coef_.dtype == np.float32 else torch.float64
         centers = _as_tensor(self.centers_, dtype, device)
@@ -690,7 +787,8 @@ class _BaseEigenPro(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
+        tags.input_tags.pairwise = self._precomputed
         return tags
 
 
@@ -707,10 +805,14 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
 
     Parameters
     ----------
-    kernel : {"gaussian", "rbf", "laplacian", "cauchy", "matern", "polynomial", "linear"}, \
-callable or Kernel, default="gaussian"
+    kernel : {"gaussian", "rbf", "laplacian", "cauchy", "matern", "polynomial", "linear", \
+"precomputed"}, callable or Kernel, default="gaussian"
         A name, a function ``(X, Z) -> matrix`` on torch tensors, or an
-        :class:`eigenpro.kernels.Kernel`.
+        :class:`eigenpro.kernels.Kernel`. ``"precomputed"``: ``X`` is the training kernel
+        matrix ``K(X_train, X_train)`` (n x n, symmetric positive semi-definite) in ``fit``,
+        and ``K(X_test, X_train)`` in ``predict``, as for
+        :class:`~sklearn.kernel_ridge.KernelRidge`; ``centers_`` then holds the centers'
+        indices among the training points.
     bandwidth : float or "auto", default="auto"
         Bandwidth of radial kernels (``exp(-|x-z|^2 / (2 bandwidth^2))`` for the Gaussian).
         ``"auto"``: half the median distance between training points
@@ -835,7 +937,9 @@ callable or Kernel, default="gaussian"
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            numpy, pandas or torch; sparse input is rejected.
+            numpy, pandas, torch or scipy.sparse. Sparse data are densified batch by batch
+            with ``n_centers`` set; with ``n_centers=None`` the training points are the
+            model's centers, held dense.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the squared errors: the fit converges to
@@ -906,11 +1010,20 @@ n_centers, inner_params, device, dtype, random_state, verbose, warm_start
         Weights of the classes, multiplied into ``sample_weight``: a dict ``{label:
         weight}``, or ``"balanced"``, ``n_samples / (n_classes * bincount(y))``, as in
         scikit-learn (:func:`sklearn.utils.class_weight.compute_sample_weight`).
+    probability : bool, default=False
+        Enable :meth:`predict_proba`, a softmax of the outputs with a temperature fitted on
+        training rows held out of a second fit (on ``1 - validation_fraction`` of the data,
+        as many epochs; the final model still uses every row): about twice the fitting
+        time, as :class:`sklearn.svm.SVC`'s ``probability``. With ``early_stopping=True``
+        the held-out split calibrates it at no extra cost, and this is not needed.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         The class labels.
+    temperature_ : float or None
+        The softmax temperature of :meth:`predict_proba` (None without ``probability`` or
+        ``early_stopping``; :mod:`eigenpro.calibration`).
     centers_, dual_coef_, n_features_in_, feature_names_in_, n_iter_, history_
         As in :class:`EigenProRegressor`; ``dual_coef_`` has one column for two classes and
         ``n_classes`` columns otherwise.
@@ -936,6 +1049,7 @@ world_size_
     _parameter_constraints: dict = {
         **_BaseEigenPro._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
+        "probability": ["boolean"],
     }
 
     def __init__(
@@ -962,6 +1076,7 @@ world_size_
         verbose=0,
         warm_start=False,
         class_weight=None,
+        probability=False,
     ):
         super().__init__(
             kernel, bandwidth=bandwidth, kernel_params=kernel_params, n_epochs=n_epochs,
@@ -973,6 +1088,7 @@ world_size_
             warm_start=warm_start,
         )  # fmt: skip
         self.class_weight = class_weight
+        self.probability = probability
 
     def fit(self, X, y, sample_weight=None, eval_set=None):
         """Fit the classifier.
@@ -980,7 +1096,9 @@ world_size_
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            numpy, pandas or torch; sparse input is rejected.
+            numpy, pandas, torch or scipy.sparse. Sparse data are densified batch by batch
+            with ``n_centers`` set; with ``n_centers=None`` the training points are the
+            model's centers, held dense.
         y : array-like of shape (n_samples,)
             Class labels of any type.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -1037,11 +1155,75 @@ world_size_
             return lambda pred: accuracy_score(y_eval.ravel(), classes[labels(pred).astype(int)])
 
         evals = self._eval_sets(eval_set, make_scorer, numeric=False)
-        self._fit_targets(
+        val_pos = self._fit_targets(
             X, Y, score=accuracy, stratify=stratify, eval_scorers=evals,
             sample_weight=sample_weight, previous=previous,
         )  # fmt: skip
         self.classes_ = classes
+        self.temperature_ = None
+        if val_pos is not None:  # early stopping held these rows out: calibrate on them
+            outputs = self._outputs(_rows(X, val_pos))
+        elif self.probability:
+            val_pos, outputs = self._held_out_outputs(X, Y, sample_weight, stratify)
+        if val_pos is not None:
+            weights = None if sample_weight is None else sample_weight[val_pos]
+            self.temperature_ = fit_temperature(outputs, encoded[val_pos], weights)
+
+    def _held_out_outputs(self, X, Y, sample_weight, stratify):
+        """Outputs, on ``validation_fraction`` of the training rows, of a model fitted like
+        this one (as many epochs) on the others: held-out data to fit the temperature on."""
+        n = Y.shape[0]
+        if n < 2:
+            raise ValueError("probability=True needs at least 2 samples to hold some out")
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        train_pos, val_pos = _held_out_split(n, self.validation_fraction, seed, stratify)
+        helper = clone(self).set_params(
+            n_epochs=self.n_iter_, warm_start=False, verbose=0, probability=False
+        )
+        helper._fit_targets(
+            X[train_pos] if isinstance(X, np.ndarray) else X.subset(train_pos), Y[train_pos],
+            score=None, sample_weight=None if sample_weight is None else sample_weight[train_pos],
+        )  # fmt: skip
+        return val_pos, helper._outputs(_rows(X, val_pos))
+
+    def _check_proba(self) -> bool:
+        if not (self.probability or self.early_stopping):
+            raise AttributeError(
+                "predict_proba needs held-out data to calibrate on: set probability=True "
+                "(one more fit, on 1 - validation_fraction of the data) or early_stopping=True"
+            )
+        return True
+
+    @available_if(_check_proba)
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities: ``softmax(outputs / temperature_)``.
+
+        The outputs are the regressed class indicators (``(-f, f)`` for two classes), and
+        ``temperature_`` minimises the log-loss on training rows held out of the fit (the
+        early-stopping split, or with ``probability=True`` a second fit's held-out rows).
+        The most probable class is :meth:`predict`'s.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+        """
+        return np.exp(self.predict_log_proba(X))
+
+    @available_if(_check_proba)
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba`."""
+        outputs = self._raw_predict(X)
+        if self.temperature_ is None:
+            raise NotFittedError(
+                "this model was fitted without probability=True or early_stopping=True: fit "
+                "it again to use predict_proba"
+            )
+        return log_probabilities(outputs, self.temperature_)
 
     def decision_function(self, X) -> np.ndarray:
         """Model outputs: shape (n_samples,) for two classes (positive means ``classes_[1]``),

@@ -34,6 +34,7 @@ __all__ = [
     "LinearKernel",
     "CallableKernel",
     "ScaledKernel",
+    "PrecomputedKernel",
     "KERNELS",
     "get_kernel",
     "squared_distances",
@@ -458,6 +459,45 @@ class ScaledKernel(Kernel):
         if isinstance(self.base, CallableKernel):  # the user's tensor: not in place
             return block * scale * centers.scale
         return block.mul_(scale).mul_(centers.scale)
+
+
+class PrecomputedKernel(Kernel):
+    """Entries of a given kernel matrix; a point is its row index, as a one-column tensor.
+
+    For users who already hold ``K`` (``kernel="precomputed"``): the solver's points are
+    ``[[0.], [1.], ...]`` and a block is ``matrix[rows][:, columns]``, gathered tile by
+    tile. The matrix is copied once to each device and dtype it is used on.
+
+    Parameters
+    ----------
+    matrix : Tensor of shape (n, n)
+        Symmetric positive semi-definite.
+    """
+
+    name = "precomputed"
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix = matrix
+        self._copies: dict = {}
+
+    def _on(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._copies:
+            self._copies[key] = self.matrix.to(device=like.device, dtype=like.dtype)
+        return self._copies[key]
+
+    def block(self, X, Z):
+        rows, columns = X[:, 0].long(), Z[:, 0].long()
+        return self._on(X)[rows[:, None], columns[None, :]]
+
+    def diag(self, X):
+        return self._on(X).diagonal()[X[:, 0].long()]
+
+    def __repr__(self) -> str:
+        return f"PrecomputedKernel(matrix of shape {tuple(self.matrix.shape)})"
+
+    def __getstate__(self):  # pickles without the device copies
+        return {"matrix": self.matrix, "_copies": {}}
 
 
 KERNELS: dict[str, type[Kernel]] = {

@@ -226,9 +226,9 @@ def plot_spectrum(estimator: Any, ax: Axes | None = None) -> Axes:
         ax.axvline(q, color="C2", linestyle="--", label=f"q = n_components_ = {q}")
     ax.axhline(tail, color="C3", linestyle=":", label=f"tail_eigenvalue_ = {tail:.3g}")
     ax.set_xlabel("index i")
-    ax.set_ylabel("eigenvalue lambda_i")
+    ax.set_ylabel(r"eigenvalue $\lambda_i$")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acceleration = top / tail if tail > 0 else float("inf")
-    ax.set_title(f"Kernel spectrum: acceleration lambda_1 / lambda_(q+1) = {acceleration:.3g}")
+    ax.set_title(rf"Spectrum: acceleration $\lambda_1 / \lambda_{{q+1}}$ = {acceleration:.3g}")
     ax.legend(loc="best")
     return ax

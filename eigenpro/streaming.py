@@ -10,14 +10,17 @@ whole data set in the training dtype or on the device.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 __all__ = ["HostData", "is_streamable"]
 
 
 def is_streamable(X) -> bool:
-    """Whether ``X`` can be streamed as is: a 2-d real numpy array (memmaps included) or a
-    2-d real CPU torch tensor."""
+    """Whether ``X`` can be streamed as is: a 2-d real numpy array (memmaps included), a
+    2-d real CPU torch tensor or a scipy.sparse CSR matrix (densified batch by batch)."""
+    if sp.issparse(X):
+        return X.format == "csr" and X.dtype.kind in "fiu"
     if isinstance(X, torch.Tensor):
         return X.device.type == "cpu" and X.ndim == 2 and not X.is_complex() and not X.is_sparse
     if isinstance(X, np.ndarray):
@@ -30,8 +33,8 @@ class HostData:
 
     Parameters
     ----------
-    X : ndarray, numpy.memmap or CPU Tensor of shape (n, d)
-        Kept by reference, never copied as a whole.
+    X : ndarray, numpy.memmap, CPU Tensor or scipy.sparse CSR matrix of shape (n, d)
+        Kept by reference, never copied (or densified) as a whole.
     rows : ndarray of int, optional
         Restrict to these rows (e.g. the training part of a held-out split); batch positions
         then index into ``rows``.
@@ -48,7 +51,8 @@ class HostData:
     def __init__(self, X, rows: np.ndarray | None = None, column: np.ndarray | None = None):
         if not is_streamable(X):
             raise TypeError(
-                "streamed data must be a 2-d real numpy array, numpy.memmap or CPU torch tensor; "
+                "streamed data must be a 2-d real numpy array, numpy.memmap, CPU torch tensor "
+                "or scipy.sparse CSR matrix; "
                 f"got {type(X).__name__}"
                 + (f" with shape {tuple(X.shape)}" if hasattr(X, "shape") else "")
             )
@@ -69,7 +73,11 @@ class HostData:
     @property
     def nbytes(self) -> int:
         """Size of the underlying data in bytes."""
-        return int(self.X.numel() * self.X.element_size() if self._is_tensor else self.X.nbytes)
+        if self._is_tensor:
+            return int(self.X.numel() * self.X.element_size())
+        if sp.issparse(self.X):
+            return int(self.X.data.nbytes + self.X.indices.nbytes + self.X.indptr.nbytes)
+        return int(self.X.nbytes)
 
     @property
     def _is_tensor(self) -> bool:
@@ -99,6 +107,7 @@ class HostData:
             and self.column is None
             and device.type == "cpu"
             and not self._is_tensor
+            and not sp.issparse(X)
         ):
             if X.flags.c_contiguous and X.dtype == torch.empty(0, dtype=dtype).numpy().dtype:
                 view = torch.from_numpy(X) if X.flags.writeable else None
@@ -127,6 +136,8 @@ class HostData:
         rows = positions if self.rows is None else self.rows[positions]
         if self._is_tensor:
             batch = self.X.index_select(0, torch.from_numpy(rows)).to(dtype)
+        elif sp.issparse(self.X):  # only this batch is ever dense
+            batch = torch.from_numpy(self.X[rows].toarray()).to(dtype)
         else:
             batch = torch.from_numpy(np.ascontiguousarray(self.X[rows])).to(dtype)
         if not torch.isfinite(batch).all():
