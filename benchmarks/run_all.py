@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STUDIES = [
     "throughput", "sgd_vs_eigenpro", "spectrum", "mnist", "compare", "cifar10", "scale",
-    "robustness",
+    "robustness", "model_selection",
 ]  # fmt: skip
 #: Options a study always gets from run_all (scale: its MNIST part too).
 STUDY_OPTIONS = {"scale": ["--mnist"]}

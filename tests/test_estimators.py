@@ -5,12 +5,13 @@ import subprocess
 import sys
 import warnings
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -285,6 +286,21 @@ def test_pickle_round_trip_gives_identical_predictions(classification_data):
     np.testing.assert_array_equal(restored.decision_function(X), clf.decision_function(X))
     for value in vars(restored).values():  # nothing device-bound is stored
         assert not isinstance(value, torch.Tensor)
+
+
+def test_joblib_round_trip_and_parallel_cross_validation(classification_data, tmp_path):
+    X, y = classification_data
+    clf = EigenProClassifier(probability=True, warm_start=True, **FAST).fit(X, y)
+    joblib.dump(clf, tmp_path / "model.joblib")
+    restored = joblib.load(tmp_path / "model.joblib")
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    restored.fit(X, y)  # the warm state survives: the fit continues
+    assert restored.n_iter_ == 2 * clf.n_iter_
+    # worker processes (loky) give the same scores as one process, seed for seed
+    model = EigenProClassifier(**FAST)
+    serial = cross_val_score(model, X, y, cv=3, n_jobs=1)
+    parallel = cross_val_score(model, X, y, cv=3, n_jobs=2)
+    np.testing.assert_array_equal(serial, parallel)
 
 
 def test_model_fitted_for_a_gpu_predicts_on_a_cpu_only_machine(classification_data, monkeypatch):
