@@ -442,34 +442,18 @@ class _BaseEigenPro(BaseEstimator):
             matrix, X = X, np.arange(X.shape[0], dtype=np_dtype)[:, None]
         in_memory = not isinstance(X, HostData)
         data = HostData(X) if in_memory else X
-        params = {
-            k: _to_numpy(v) if isinstance(v, (np.ndarray, torch.Tensor)) else repr(v)
-            for k, v in self.get_params().items()
-            if k not in CONTINUABLE_PARAMS
-        }  # repr: callables (lambdas included) by identity
-        params["precomputed"] = matrix
-        fingerprint = _fingerprint(data, in_memory, Y, sample_weight, params)
+        fingerprint = _fingerprint(data, in_memory, Y, sample_weight, self._problem(matrix))
         previous = self._check_continuation(previous, fingerprint)
         if previous is not None:  # the same split, bandwidth and centers; the batches go on
             seed = previous["seed"]
             rng.bit_generator.state = previous["rng_state"]
 
-        n = data.n_samples
         validation = val_pos = None
         if self.early_stopping:
-            if n < 2:
-                raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
-            train_pos, val_pos = _held_out_split(n, self.validation_fraction, seed, stratify)
-            X_val, Y_val = data.take(val_pos, dtype, device), Y[val_pos]
-            w_val = None if sample_weight is None else sample_weight[val_pos]
-            data, Y, n = data.subset(train_pos), Y[train_pos], len(train_pos)
-            if sample_weight is not None:
-                sample_weight = sample_weight[train_pos]
-            validation = (
-                X_val,
-                lambda pred: score(Y_val, pred.double().cpu().numpy(), sample_weight=w_val),
+            val_pos, data, Y, sample_weight, validation = self._hold_out(
+                data, Y, sample_weight, score, seed, stratify, (dtype, device)
             )
-
+        n = data.n_samples
         kernel, bandwidth, diagnosis = self._kernel_and_diagnosis(data, Y, seed, in_memory, matrix)
         centers = None if self.n_centers is None else self._centers(data, rng, np_dtype)
         if previous is not None and centers is not None:
@@ -527,6 +511,34 @@ class _BaseEigenPro(BaseEstimator):
             "n_iter": self.n_iter_, "best_epoch": self.best_epoch_, "dual_coef": self.dual_coef_,
         }  # fmt: skip
         return val_pos
+
+    def _problem(self, matrix) -> dict:
+        """The parameters that define the problem a warm start continues (callables by
+        identity), and a precomputed kernel matrix."""
+        params = {
+            k: _to_numpy(v) if isinstance(v, (np.ndarray, torch.Tensor)) else repr(v)
+            for k, v in self.get_params().items()
+            if k not in CONTINUABLE_PARAMS
+        }
+        params["precomputed"] = matrix
+        return params
+
+    def _hold_out(self, data: HostData, Y, sample_weight, score, seed, stratify, on):
+        """Early stopping's split: ``(held-out positions, training data, targets, weights,
+        (X_val on the device, scorer of predictions))``; ``on`` is ``(dtype, device)``."""
+        n = data.n_samples
+        if n < 2:
+            raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
+        train_pos, val_pos = _held_out_split(n, self.validation_fraction, seed, stratify)
+        X_val, Y_val = data.take(val_pos, *on), Y[val_pos]
+        w_val = None if sample_weight is None else sample_weight[val_pos]
+        if sample_weight is not None:
+            sample_weight = sample_weight[train_pos]
+
+        def rate(pred: torch.Tensor) -> float:
+            return score(Y_val, pred.double().cpu().numpy(), sample_weight=w_val)
+
+        return val_pos, data.subset(train_pos), Y[train_pos], sample_weight, (X_val, rate)
 
     def _check_continuation(self, previous: dict | None, fingerprint: str) -> dict | None:
         """``previous`` when it fitted the same problem; else None, with a warning."""
