@@ -132,16 +132,18 @@ def crossover(data: dict) -> str:
             "works in float64, which moves the measured crossover lower.")  # fmt: skip
 
 
-def throughput_section(data: dict, before: dict | None, repeats=()) -> list[str]:
-    """``repeats``: (label, after, before) of further runs, interleaved with the first."""
-    out = ["### One epoch against the physical floor (MNIST, d = 784, float32)", "",
+def throughput_section(data: dict, before: dict | None, repeats=(), where="") -> list[str]:
+    """``repeats``: (label, after, before) of further runs, interleaved with the first;
+    ``where``: the machine, in the heading, for a second machine's section."""
+    title = "### One epoch against the physical floor (MNIST, d = 784, float32)"
+    out = [title + (f", {where}" if where else ""), "",
            f"Measured on: {_machine(data)}. Epoch: the fastest of "
            f"{data['settings'].get('epochs', 1)}. Floor: {data['floor']}.", ""]  # fmt: skip
     head = "| n | epoch s | floor s | ratio | peak RSS MiB | data MiB |"
     if before:
         head += " ratio before |"
-    for label, _, _ in repeats:
-        head += f" ratio ({label}) | before ({label}) |"
+    for label, _, before_run in repeats:
+        head += f" ratio ({label}) |" + (f" before ({label}) |" if before_run else "")
     out += [head, "|---" * (head.count("|") - 1) + "|"]
 
     def ratios(run):
@@ -156,7 +158,8 @@ def throughput_section(data: dict, before: dict | None, repeats=()) -> list[str]
         if before:
             line += f" {old.get(r['n'], '')} |"
         for _, after_run, before_run in repeats:
-            line += f" {ratios(after_run).get(r['n'], '')} | {ratios(before_run).get(r['n'], '')} |"
+            line += f" {ratios(after_run).get(r['n'], '')} |"
+            line += f" {ratios(before_run).get(r['n'], '')} |" if before_run else ""
         out.append(line)
     if before:
         code = before.get("code") or f"eigenpro {before['versions'].get('eigenpro_commit')}"
@@ -349,6 +352,12 @@ def build() -> str:
                 [("run 2", _load("throughput_r2"), _load("throughput_before_r2"))]
                 if _load("throughput_r2")
                 else (),
+            ),
+        ),  # fmt: skip
+        (
+            "throughput_intel",
+            lambda d: throughput_section(
+                d, None, [("run 2", _load("throughput_intel_r2"), None)], "second machine"
             ),
         ),  # fmt: skip
         ("sgd_vs_eigenpro", sgd_section),
