@@ -134,20 +134,23 @@ CONTINUABLE_PARAMS = frozenset(
 )  # fmt: skip
 #: Rows of a sparse ``X`` densified at a time for prediction.
 SPARSE_ROWS = 4096
-#: Rows of streamed data that identify it for a warm start (data in memory are hashed whole).
-FINGERPRINT_ROWS = 10000
+#: Rows that identify the training data for a warm start (:func:`_fingerprint`).
+FINGERPRINT_ROWS = 2000
 
 
 def _fingerprint(data: HostData, in_memory: bool, Y, sample_weight, params: dict) -> str:
-    """A hash of the training problem: the data (streamed data: up to
-    :data:`FINGERPRINT_ROWS` evenly spaced rows), targets, weights and parameters."""
+    """A hash of the training problem: the data (up to :data:`FINGERPRINT_ROWS` evenly
+    spaced rows, and for data in memory the column sums of all of them), targets, weights
+    and parameters. A few milliseconds where hashing all the data would take a share of a
+    small fit (60 ms for 10000 MNIST images)."""
     n = data.n_samples
-    if in_memory:
+    rows = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).astype(np.int64))
+    sample = data.take(rows, torch.float64, torch.device("cpu")).numpy()
+    sums = None
+    if in_memory:  # a streamed memmap is not read whole for this
         X = data.X if data.rows is None else data.X[data.rows]
-    else:
-        rows = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).astype(np.int64))
-        X = data.take(rows, torch.float64, torch.device("cpu")).numpy()
-    return joblib.hash((n, data.n_features, X, Y, sample_weight, params))
+        sums = X.sum(axis=0, dtype=np.float64)
+    return joblib.hash((n, data.n_features, sample, sums, Y, sample_weight, params))
 
 
 def _validate_sample_weight(sample_weight, n: int) -> np.ndarray | None:
