@@ -232,6 +232,11 @@ class _Weighting:
         self.root = None
         if sample_weight is not None:
             mean = float(sample_weight.mean())
+            if not mean > 0:
+                raise ValueError(
+                    "sample_weight is zero on every training row left after holding out "
+                    "validation rows (early_stopping or probability): nothing to fit"
+                )
             self.ridge = alpha / mean
             self.root = np.sqrt(sample_weight / mean)
 

@@ -199,3 +199,12 @@ def test_bad_class_weight_is_named(imbalanced):
     X, y = imbalanced
     with pytest.raises(ValueError, match="class_weight"):
         EigenProClassifier(class_weight="sometimes").fit(X, y)
+
+
+def test_all_zero_weights_after_the_held_out_split_are_named():
+    from eigenpro.estimators import _Weighting
+
+    # fit() rejects all-zero weights; a split can still leave only zero weights to train on
+    with pytest.raises(ValueError, match="zero on every training row"):
+        _Weighting(np.zeros(5), alpha=0.1)
+    assert _Weighting(np.array([0.0, 2.0]), alpha=0.1).ridge == pytest.approx(0.1)
