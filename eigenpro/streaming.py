@@ -45,7 +45,7 @@ class HostData:
     Raises
     ------
     TypeError
-        If ``X`` is not a 2-d real numpy array or CPU tensor.
+        If ``X`` is not a 2-d real numpy array, CPU tensor or scipy.sparse CSR matrix.
     """
 
     def __init__(self, X, rows: np.ndarray | None = None, column: np.ndarray | None = None):

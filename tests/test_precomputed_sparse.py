@@ -113,3 +113,24 @@ def test_sparse_nan_is_named(sparse_data):
     for n_centers in (None, 50):
         with pytest.raises(ValueError, match="NaN"):
             EigenProRegressor(n_centers=n_centers, n_epochs=1).fit(X, y)
+
+
+def test_precomputed_warm_start_continues_and_sees_a_changed_matrix(kernel_data):
+    X, y, _, K, _ = kernel_data
+    model = _model(n_epochs=1, warm_start=True).fit(K, y)
+    model.fit(K, y)
+    assert model.n_iter_ == 2
+    changed = rbf_kernel(X, X, gamma=2 * GAMMA)  # another kernel on the same points
+    with pytest.warns(UserWarning, match="starting afresh"):
+        model.fit(changed, y)
+    assert model.n_iter_ == 1
+
+
+def test_symmetry_is_checked_in_blocks(kernel_data, monkeypatch):
+    X, y, _, K, _ = kernel_data
+    monkeypatch.setattr(estimators, "SYMMETRY_BLOCK_ELEMENTS", 7 * K.shape[0])
+    asymmetric = K.copy()
+    asymmetric[-1, 0] += 0.5  # in the last block of rows only
+    with pytest.raises(ValueError, match="not symmetric"):
+        _model().fit(asymmetric, y)
+    _model(n_epochs=1).fit(K, y)
