@@ -2,7 +2,9 @@
 
 60000 training / 10000 test images, Gaussian bandwidth 5 (the paper's), ``n_centers = p``
 drawn from the training set with the seed; everything else automatic except the projection
-(``inner_params={"method": ...}``). Per projection and epoch: test error, training loss and
+(``inner_params``: ``delayed`` is the automatic choice, one SGD epoch and then
+conjugate-gradient epochs; ``delayed-sgd`` the same projection with SGD throughout, as before
+the conjugate-gradient finish). Per projection and epoch: test error, training loss and
 seconds. The reference is the least-squares fit on the same centers, solved directly in
 float64 (``(K_ZX K_XZ + lambda n K_ZZ) c = K_ZX Y`` with ``lambda = 1e-8``, Falkon's
 penalty, for a well-posed system; Falkon itself when ``import falkon`` works, M = p and 10
@@ -10,10 +12,12 @@ conjugate-gradient iterations). The test set is only monitored, never used to ch
 
     python benchmarks/large_model.py                          # p = 10000 and 20000
     python benchmarks/large_model.py --centers 2000 --n-train 20000 --no-reference
+    python benchmarks/large_model.py --centers 20000 --merge  # add p to the JSON
 """
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 
@@ -36,7 +40,13 @@ from eigenpro.kernels import get_kernel
 
 BANDWIDTH = 5.0
 PENALTY = 1e-8
-METHODS = ["delayed", "cholesky", "eigenpro"]
+#: The runs compared: name -> ``inner_params``.
+METHODS = {
+    "delayed": {"method": "delayed"},
+    "delayed-sgd": {"method": "delayed", "sgd_epochs": 10**6},
+    "cholesky": {"method": "cholesky"},
+    "eigenpro": {"method": "eigenpro"},
+}
 #: Rows of K(X, Z) accumulated at once by the direct solve.
 REFERENCE_ROWS = 2000
 
@@ -44,8 +54,9 @@ REFERENCE_ROWS = 2000
 def main():
     p = parser(__doc__.splitlines()[0], n_train=60000, epochs=5)
     p.add_argument("--centers", type=int, nargs="+", default=[10000, 20000])
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--no-reference", action="store_true", help="skip the direct solve")
+    p.add_argument("--merge", action="store_true", help="keep the JSON's other runs")
     args = p.parse_args()
     device = resolve_device(args.device)
     X_train, y_train, X_test, y_test = load_mnist_scaled(args.data_dir, args.n_train)
@@ -65,15 +76,19 @@ def main():
             if falkon is not None:
                 runs["falkon"] = falkon
         results[str(n_centers)] = runs
-    payload = {
-        "study": "large_model",
-        "settings": settings(args, kernel="gaussian", bandwidth=BANDWIDTH, penalty=PENALTY),
-        "machine": machine(device),
-        "versions": versions(),
-        "results": results,
-    }
     suffix = "" if device.type == "cpu" else f"_{device.type}"
-    write_json(args.out / f"large_model{suffix}.json", payload)
+    path = args.out / f"large_model{suffix}.json"
+    run_settings = settings(args, kernel="gaussian", bandwidth=BANDWIDTH, penalty=PENALTY)
+    payload = {"study": "large_model", "settings": run_settings, "machine": machine(device),
+               "versions": versions(), "results": {}, "settings_by_run": {}}  # fmt: skip
+    if args.merge and path.exists():  # earlier runs of this study, e.g. other p
+        payload = {**payload, **{k: v for k, v in json.loads(path.read_text()).items()
+                                 if k in ("results", "settings_by_run")}}  # fmt: skip
+    for p_key, runs in results.items():
+        payload["results"].setdefault(p_key, {}).update(runs)
+        for name in runs:
+            payload["settings_by_run"][f"{p_key} {name}"] = run_settings
+    write_json(path, payload)
     plot(results, plot_path(args.out, f"large_model{suffix}"))
 
 
@@ -82,7 +97,7 @@ def run_method(method, n_centers, args, device, X_train, y_train, X_test, y_test
     print(f"--- p = {n_centers}, projection {method}")
     clf = EigenProClassifier(
         kernel="gaussian", bandwidth=BANDWIDTH, n_epochs=args.epochs, n_centers=n_centers,
-        inner_params={"method": method}, device=device, dtype=args.dtype,
+        inner_params=METHODS[method], device=device, dtype=args.dtype,
         random_state=args.seed, verbose=1, memory_gb=16,
     )  # fmt: skip
     start = time.perf_counter()

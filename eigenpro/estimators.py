@@ -894,7 +894,12 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
         tracking the projection, warm-started, chosen when the factor does not fit), and for
         the inexact ones the inner iteration's ``n_components``, ``subsample_size``,
         ``batch_size``, ``step_size`` and ``n_steps`` (inner steps per data batch, or per
-        pass of a delayed projection). The values used are in ``inner_params_``.
+        pass of a delayed projection). With the exact delayed projection and fewer centers
+        than points, ``sgd_epochs`` SGD epochs (``"auto"``: 1, when ``n_epochs >= 4``) are
+        followed by conjugate-gradient epochs, one pass over the data each (the first
+        computes the residual), which reach the least-squares fit where SGD would crawl
+        (:mod:`eigenpro.conjugate_gradient`); ``sgd_epochs >= n_epochs`` turns them off.
+        The values used are in ``inner_params_`` (``sgd_epochs=None``: SGD throughout).
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         ``"auto"`` uses the first GPU when one is available.
     dtype : {"float32", "float64"}, default="float32"

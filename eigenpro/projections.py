@@ -53,7 +53,10 @@ __all__ = [
 ]
 
 #: Keys accepted in ``inner_params`` (each "auto" by default).
-INNER_KEYS = ("method", "n_components", "subsample_size", "batch_size", "step_size", "n_steps")
+INNER_KEYS = (
+    "method", "n_components", "subsample_size", "batch_size", "step_size", "n_steps",
+    "sgd_epochs",
+)  # fmt: skip
 #: Projection methods a user may ask for on general centers.
 METHODS = ("auto", "cholesky", "eigenpro", "delayed")
 #: ``n_steps="auto"`` of the tracked projection runs enough inner steps for this many passes
@@ -282,15 +285,15 @@ class _ValuesProjection(Projection):
         self.target.copy_(state["target"])
 
 
-def cholesky_factor(model: CenterModel) -> tuple[torch.Tensor, float]:
+def cholesky_factor(model: CenterModel, relative_jitter: float = 0.0) -> tuple[torch.Tensor, float]:
     """A Cholesky factor of ``K(Z, Z) + jitter I`` (one process) and its jitter: relative to
-    the largest diagonal, grown until the factorisation succeeds. It changes how fast the
-    tiniest eigendirections move, not the fixed point."""
+    the largest diagonal (at least ``relative_jitter``), grown until the factorisation
+    succeeds. It changes how fast the tiniest eigendirections move, not the fixed point."""
     kmat = model.kernel(model.centers, model.centers)
     if not torch.isfinite(kmat).all():
         raise ValueError("the kernel matrix of the centers contains NaN or infinite values")
     scale = float(kmat.diagonal().abs().max()) or 1.0
-    jitter = CHOLESKY_JITTER[model.dtype] * scale
+    jitter = max(CHOLESKY_JITTER[model.dtype], relative_jitter) * scale
     eye = torch.eye(len(kmat), dtype=kmat.dtype, device=kmat.device)
     for _ in range(8):
         factor, info = torch.linalg.cholesky_ex(kmat + jitter * eye)
@@ -575,9 +578,10 @@ def check_inner(inner: dict | None) -> dict:
         value = inner[key]
         if value != "auto" and not (isinstance(value, (int, np.integer)) and value >= 1):
             raise ValueError(f"inner {key} must be 'auto' or a positive integer; got {value!r}")
-    value = inner["n_components"]
-    if value != "auto" and not (isinstance(value, (int, np.integer)) and value >= 0):
-        raise ValueError(f"inner n_components must be 'auto' or an integer >= 0; got {value!r}")
+    for key in ("n_components", "sgd_epochs"):
+        value = inner[key]
+        if value != "auto" and not (isinstance(value, (int, np.integer)) and value >= 0):
+            raise ValueError(f"inner {key} must be 'auto' or an integer >= 0; got {value!r}")
     value = inner["step_size"]
     if value != "auto" and not (isinstance(value, (int, float)) and 0 < value < math.inf):
         raise ValueError(f"inner step_size must be 'auto' or a positive number; got {value!r}")

@@ -20,7 +20,10 @@ model's. The fit then rolls back to the start of its best epoch and continues wi
 step, with a warning; a fit never returns a diverged iterate. On a problem without an exact
 fit (fewer centers than points, repeated points with other targets...), constant-step SGD
 stalls at a noise floor; an epoch that no longer lowers the loss halves the step
-(:data:`PLATEAU_SIGNIFICANCE`), so the iterate converges to the least-squares fit.
+(:data:`PLATEAU_SIGNIFICANCE`), so the iterate converges to the least-squares fit. With the
+exact factor of ``K(Z, Z)`` (delayed projection, one process), conjugate-gradient epochs
+(:mod:`eigenpro.conjugate_gradient`) take over after the first SGD epoch and get there in a
+few passes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .conjugate_gradient import ConjugateGradient, plan_sgd_epochs, preconditioner_jitter
 from .distributed import Communicator
 from .kernels import Kernel, PreparedCenters, kernel_matmul, padded_width
 from .model import CenterModel
@@ -709,6 +713,8 @@ class _Run:
     ridge_on_rows: float  # the identity projection's ridge, added to the residual
     result: FitResult
     average: _EpochAverage | None = None
+    finish: ConjugateGradient | None = None  # conjugate-gradient epochs after SGD's
+    sgd_epochs: int | None = None
 
     @property
     def n(self) -> int:
@@ -776,8 +782,10 @@ def fit(
         ``method``: ``"delayed"`` (EigenPro 4; exact by a Cholesky factor when it fits in a
         quarter of the budget in one process, and then chosen by "auto"; no ridge yet),
         ``"cholesky"`` (exact after every step; "auto" when the factor fits and
-        ``ridge > 0``) or ``"eigenpro"`` (tracked; "auto" otherwise). Measured on MNIST:
-        README, large models.
+        ``ridge > 0``) or ``"eigenpro"`` (tracked; "auto" otherwise). ``sgd_epochs``:
+        with the exact delayed projection and fewer centers than points, the SGD epochs
+        before conjugate-gradient epochs (:mod:`~eigenpro.conjugate_gradient`) finish the
+        fit. Measured on MNIST: README, large models.
     ridge : float
         EigenPro 2: solve ``(K + ridge I) coef = Y``; general centers: minimise
         ``||K(X, Z) coef - Y||^2 + ridge coef^T K(Z, Z) coef``.
@@ -826,6 +834,8 @@ def fit(
     if centers is None:
         run = _setup_training_points(kernel, data, targets, **settings)
     else:
+        inner = check_inner(inner)
+        inner["sgd_epochs"] = plan_sgd_epochs(inner["sgd_epochs"], n_epochs)
         run = _setup_centers(kernel, data, targets, centers, inner=inner, **settings)
         if centers.shape[0] < n:
             no_exact_fit = "; ".join(
@@ -942,8 +952,8 @@ def _setup_centers(
     kernel, data, targets, centers, *, inner, device, dtype, memory_budget, batch_size,
     step_size, n_components, subsample_size, ridge, rng, comm, warm,
 ) -> _Run:  # fmt: skip
-    """EigenPro 3/4: general centers, the data streamed from the host."""
-    inner = check_inner(inner)
+    """EigenPro 3/4: general centers, the data streamed from the host (``inner``: checked,
+    ``sgd_epochs`` resolved)."""
     (n, n_out), (p, d) = targets.shape, centers.shape
     if data.n_features != d:
         raise ValueError(f"data has {data.n_features} features but the centers have {d}")
@@ -996,10 +1006,13 @@ def _setup_centers(
             max_block_elements=plan.max_block_elements,
         )  # fmt: skip
     ridge_rate = ridge * m / n
+    finish = False
     if method == "cholesky":
         projection = CholeskyProjection(model, basis, lift, ridge_rate)
-    elif exact:  # delayed, with exact projections
-        projection = DelayedProjection(model, basis, None, 0, m, cholesky_factor(model)[0])
+    elif exact:  # delayed, with exact projections; its factor preconditions the CG finish
+        finish = p < n and inner["sgd_epochs"] is not None  # the fit leaves residuals
+        factor = cholesky_factor(model, preconditioner_jitter(p) if finish else 0.0)[0]
+        projection = DelayedProjection(model, basis, None, 0, m, factor)
     else:
         inner = {**inner, "method": method, "subsample_size": s_in}
         projection = _inner_projection(
@@ -1013,8 +1026,10 @@ def _setup_centers(
     )  # fmt: skip
     _start_from(model, warm, order)
     check = rows.take(final_check_rows(n))
+    finish = ConjugateGradient(model, projection.factor, rows, m) if finish else None
     return _Run(
-        model, projection, basis, rows, n_out, m, eta, rng, order, check, 0.0, result
+        model, projection, basis, rows, n_out, m, eta, rng, order, check, 0.0, result,
+        finish=finish, sgd_epochs=inner["sgd_epochs"],
     )  # fmt: skip
 
 
@@ -1153,8 +1168,10 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
     check_zero = max(float(run.check[2].double().pow(2).mean()), 1e-30)
     by_iterate = math.ceil(run.n / run.batch_size) < MIN_EPOCH_BATCHES  # judge final iterates
     reference = check_zero if by_iterate else zero_loss
+    finish = run.finish
+    sgd_epochs = result.inner["sgd_epochs"] = None if finish is None else run.sgd_epochs
     guard = DivergenceGuard(
-        [model, projection], reference, no_exact_fit,
+        [model, projection] + ([finish] if finish else []), reference, no_exact_fit,
         [monitor.tracker] if monitor.tracker else [],
         floor=ROUNDOFF_FLOOR[model.dtype] * reference,
     )  # fmt: skip
@@ -1170,8 +1187,12 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
             start = time.perf_counter()
             limit = math.inf if by_iterate else guard.loss_limit
             progress.start_epoch(epoch, n_epochs)
-            loss, finished, stderr = _run_epoch(run, eta, limit, progress)
-            if finished and run.average is not None:
+            cg = finish is not None and epoch > sgd_epochs
+            if cg:
+                loss, finished, stderr = finish.epoch(), True, 0.0
+            else:
+                loss, finished, stderr = _run_epoch(run, eta, limit, progress)
+            if finished and run.average is not None and not cg:
                 run.average.restart_if_better(run)
             seconds = time.perf_counter() - start
             judged, noise = loss, stderr
@@ -1179,7 +1200,7 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
                 judged, stderr = run.check_loss(), 0.0
             problem = guard.problem(judged, finished, stderr)
             record = {"epoch": epoch, "train_loss": loss, "val_score": None, "seconds": seconds,
-                      "step_size": eta}  # fmt: skip
+                      "step_size": None if cg else eta}  # fmt: skip
             inner_loss = projection.take_loss()
             if inner_loss is not None:
                 record["inner_loss"] = inner_loss
@@ -1196,7 +1217,7 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
                 del result.history[resume - 1 :]
                 epoch = resume
                 continue
-            plateau = no_exact_fit and loss > best_running - PLATEAU_SIGNIFICANCE * noise
+            plateau = not cg and no_exact_fit and loss > best_running - PLATEAU_SIGNIFICANCE * noise
             best_running = min(best_running, loss)
             guard.accept(epoch, judged, stderr)
             result.history.append(record)
