@@ -56,6 +56,7 @@ def main():
     p.add_argument("--centers", type=int, nargs="+", default=[10000, 20000])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--no-reference", action="store_true", help="skip the direct solve")
+    p.add_argument("--no-direct", action="store_true", help="skip the direct solve only")
     p.add_argument("--merge", action="store_true", help="keep the JSON's other runs")
     args = p.parse_args()
     device = resolve_device(args.device)
@@ -71,7 +72,8 @@ def main():
         for run in runs.values():
             run.pop("centers", None)
         if not args.no_reference:
-            runs["direct (float64)"] = reference(X_train, y_train, X_test, y_test, centers)
+            if not args.no_direct:
+                runs["direct (float64)"] = reference(X_train, y_train, X_test, y_test, centers)
             falkon = run_falkon(X_train, y_train, X_test, y_test, n_centers, args.seed)
             if falkon is not None:
                 runs["falkon"] = falkon

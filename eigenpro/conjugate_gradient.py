@@ -12,12 +12,17 @@ reach the least-squares fit, with the preconditioner ``(K(Z, Z) + jitter I)^-2``
 scale): for centers drawn from the data, ``K(Z, X) K(X, Z)`` is about ``(n / p) K(Z, Z)^2``,
 as in Falkon (Rudi, Carratino & Rosasco 2017; Meanti et al. 2020), and it costs two
 triangular solves with the Cholesky factor that the exact delayed projection already holds.
-One iteration is one pass over the data (kernel blocks ``B = K(X_B, Z)``, ``B^T (B d)``), like
-an SGD epoch; the first needs one more pass for the residual of SGD's last iterate.
+One iteration is one pass over the data (kernel blocks ``B = K(X_B, Z)``, ``B^T (B d)``),
+cheaper than an SGD epoch.
 
 Each pass also evaluates the current iterate on its blocks: the residual ``K(Z, X)(Y - K(X, Z)
 c)`` is recomputed exactly every iteration (no drift of a recursive residual in float32), and
-the training loss after the step follows exactly from three sums per output.
+the step is the exact minimiser of the training loss over the span of the pass's directions,
+whose loss follows from small Gram matrices. CG needs the residual before its first direction;
+rather than spend a pass on it alone, the first pass after SGD searches the span of SGD's last
+displacement and the preconditioned sum of the gradients SGD's batches met (known before the
+pass). MNIST 60k, p = 10000, after one SGD epoch (training MSE 0.00744 after a residual-only
+pass): 0.00702 after that first pass, and 0.00548 instead of 0.00552 after five epochs.
 """
 
 from __future__ import annotations
@@ -52,16 +57,24 @@ def preconditioner_jitter(n_centers: int) -> float:
     return JITTER_PER_ROOT_CENTER * math.sqrt(n_centers)
 
 
-def plan_sgd_epochs(requested: int | str, n_epochs: int) -> int | None:
+def plan_sgd_epochs(requested: int | str, n_epochs: int, warm: bool = False) -> int | None:
     """SGD epochs before conjugate gradient takes over (None: SGD throughout), for
-    ``inner_params["sgd_epochs"]`` (``requested``) and ``n_epochs``."""
+    ``inner_params["sgd_epochs"]`` (``requested``) and ``n_epochs``. A warm start continues
+    with conjugate gradient at once ("auto"): an SGD epoch would first take a fitted model
+    back up to SGD's noise floor."""
     if requested == "auto":
-        return SGD_EPOCHS if n_epochs >= SGD_EPOCHS + MIN_EPOCHS else None
+        sgd_epochs = 0 if warm else SGD_EPOCHS
+        return sgd_epochs if n_epochs >= sgd_epochs + MIN_EPOCHS else None
     return int(requested) if int(requested) < n_epochs else None
 
 
 class ConjugateGradient:
     """Preconditioned CG on the normal equations of the model's centers, one column per output.
+
+    Each pass minimises the training loss exactly over the span of its directions (per
+    output): standard CG's step along one conjugate direction, and in the first pass after
+    SGD, a step in the span of SGD's last displacement and the preconditioned gradient its
+    second half met, so that the pass which computes the first residual also moves.
 
     Parameters
     ----------
@@ -77,6 +90,7 @@ class ConjugateGradient:
 
     def __init__(self, model, factor: torch.Tensor, rows, batch_size: int):
         self.model, self.factor, self.rows, self.batch_size = model, factor, rows, batch_size
+        self.rtol = 100 * torch.finfo(model.dtype).eps  # of the small Gram matrices
         self.restart()
 
     @property
@@ -84,8 +98,8 @@ class ConjugateGradient:
         return self.rows.Y.shape[0]
 
     def restart(self) -> None:
-        """Forget the search direction: the next epoch starts from a fresh residual."""
-        self.residual = self.direction = self.rz = None
+        """Forget the search directions: the next pass starts from a fresh residual."""
+        self.directions = self.start = self.gradient = None
 
     # The divergence guard's protocol: a roll-back restarts from the restored coefficients.
     def state_dict(self) -> dict:
@@ -94,59 +108,70 @@ class ConjugateGradient:
     def load_state_dict(self, state: dict) -> None:
         self.restart()
 
+    def begin_sgd_epoch(self):
+        """Before SGD's last epoch: remember where it starts; returns ``collect(X, residual,
+        block)``, to be called for the batches of its second half."""
+        self.start = self.model.coef.clone()
+        self.gradient = torch.zeros_like(self.model.coef)
+        return self._collect
+
+    def _collect(self, X: torch.Tensor, residual: torch.Tensor, block) -> None:
+        self.gradient += self.model.gradient(X, residual, block)
+
     def _precondition(self, residual: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(torch.cholesky_solve(residual, self.factor), self.factor)
 
-    def _pass(self, direction: torch.Tensor | None):
-        """One pass over the data: the residual ``K(Z, X)(Y - K(X, Z) c)`` of the current
-        coefficients, and with ``direction``, ``K(Z, X) K(X, Z) d`` and the sums that give
-        the loss after a step along ``d`` (float64: ``s.s``, ``s.v``, ``v.v`` per output,
-        with ``s = Y - K c`` and ``v = K d``)."""
-        model, n = self.model, self.n
-        residual = torch.zeros_like(model.coef)
-        applied = torch.zeros_like(model.coef) if direction is not None else None
-        sums = torch.zeros(3, model.coef.shape[1], dtype=torch.float64, device=model.device)
+    def _pass(self, directions: torch.Tensor | None, advance=None):
+        """One pass over the data: ``r = K(Z, X)(Y - K(X, Z) c)`` at the current
+        coefficients, ``K(Z, X) K(X, Z) D`` for the directions ``D`` (k, p, l) and the
+        squared residual per output (float64)."""
+        model, n, (p, n_out) = self.model, self.n, self.model.coef.shape
+        k = 0 if directions is None else directions.shape[0]
+        stacked = torch.cat([model.coef, *([] if k == 0 else directions.unbind(0))], 1)
+        residual = torch.zeros(p, (1 + k) * n_out, dtype=model.dtype, device=model.device)
+        squares = torch.zeros(n_out, dtype=torch.float64, device=model.device)
         for start in range(0, n, self.batch_size):
-            idx = np.arange(start, min(start + self.batch_size, n))
-            _, Xb, Yb = self.rows.take(idx)
+            _, Xb, Yb = self.rows.take(np.arange(start, min(start + self.batch_size, n)))
             block = model.block(Xb)
-            coef = model.coef if direction is None else torch.cat([model.coef, direction], 1)
-            out = block @ coef if block is not None else model.products(Xb, coef)
-            s = Yb - out[:, : Yb.shape[1]]
-            sums[0] += s.double().pow(2).sum(0)
-            if direction is not None:
-                v = out[:, Yb.shape[1] :]
-                sums[1] += (s.double() * v.double()).sum(0)
-                sums[2] += v.double().pow(2).sum(0)
-                s = torch.cat([s, v], 1)
-            back = model.gradient(Xb, s, block)
-            residual += back[:, : Yb.shape[1]]
-            if direction is not None:
-                applied += back[:, Yb.shape[1] :]
-        return residual, applied, sums
+            out = block @ stacked if block is not None else model.products(Xb, stacked)
+            out[:, :n_out] = Yb - out[:, :n_out]
+            squares += out[:, :n_out].double().pow(2).sum(0)
+            residual += model.gradient(Xb, out, block)
+            if advance is not None:
+                advance()
+        applied = residual[:, n_out:].reshape(p, k, n_out).permute(1, 0, 2)
+        return residual[:, :n_out], applied, squares
 
-    def epoch(self) -> float:
-        """One pass: the first computes the residual of the current coefficients; each later
-        one takes a CG step. Returns the mean squared training residual (per output) of the
-        coefficients after the pass."""
-        n_out = self.model.coef.shape[1]
-        if self.residual is None:
-            self.residual, _, sums = self._pass(None)
-            z = self._precondition(self.residual)
-            self.direction = z
-            self.rz = (self.residual.double() * z.double()).sum(0)
-            return float(sums[0].sum()) / (self.n * n_out)
-        residual, applied, sums = self._pass(self.direction)
-        curvature = (self.direction.double() * applied.double()).sum(0)
-        alpha = torch.where(curvature > 0, self.rz / curvature, torch.zeros_like(curvature))
-        alpha = torch.nan_to_num(alpha, nan=0.0, posinf=0.0, neginf=0.0)
-        self.model.coef.add_(self.direction * alpha.to(self.direction.dtype))
-        loss = sums[0] - 2 * alpha * sums[1] + alpha.pow(2) * sums[2]
-        # the exact residual at the new coefficients, from this pass's two products
-        self.residual = residual - applied * alpha.to(applied.dtype)
-        z = self._precondition(self.residual)
-        rz = (self.residual.double() * z.double()).sum(0)
-        beta = torch.where(self.rz > 0, rz / self.rz, torch.zeros_like(rz))
-        self.direction = z + self.direction * beta.to(z.dtype)
-        self.rz = rz
-        return float(loss.clamp_min(0).sum()) / (self.n * n_out)
+    def _solve(self, gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """``gram^+ rhs`` per output: (l, k, k) and (l, k) -> (l, k), float64."""
+        return (torch.linalg.pinv(gram, rtol=self.rtol, hermitian=True) @ rhs[..., None])[..., 0]
+
+    def epoch(self, advance=None) -> float:
+        """One pass: the exact residual of the current coefficients and, when there are
+        directions, the best step in their span. Returns the mean squared training residual
+        (per output) of the coefficients after the pass. ``advance()`` is called after each
+        block."""
+        model = self.model
+        directions = self.directions
+        if directions is None and self.start is not None:  # right after SGD
+            sgd_step, gradient = model.coef - self.start, self._precondition(self.gradient)
+            directions = torch.stack([sgd_step, gradient])
+        self.start = self.gradient = None
+        residual, applied, squares = self._pass(directions, advance)
+        loss = squares
+        if directions is not None:
+            D, AD = directions.double(), applied.double()
+            gram = torch.einsum("ipl,jpl->lij", D, AD)
+            along = torch.einsum("ipl,pl->li", D, residual.double())
+            a = self._solve(gram, along)
+            model.coef += torch.einsum("kpl,lk->pl", directions, a.to(model.dtype))
+            residual = residual - torch.einsum("kpl,lk->pl", applied, a.to(model.dtype))
+            quad = torch.einsum("li,lij,lj->l", a, gram, a)
+            loss = squares - 2 * (a * along).sum(1) + quad
+        # next direction: the preconditioned residual, A-conjugate to this pass's directions
+        z = self._precondition(residual)
+        if directions is not None:
+            gamma = self._solve(gram, torch.einsum("ipl,pl->li", AD, z.double()))
+            z = z - torch.einsum("kpl,lk->pl", directions, gamma.to(z.dtype))
+        self.directions = z[None]
+        return float(loss.clamp_min(0).sum()) / (self.n * model.coef.shape[1])

@@ -494,7 +494,7 @@ def _plan_bytes(
     q_out = default_max_components(s) + 1
     q_in = default_max_components(inner_subsample_size) + 1 if inner_subsample_size else 0
     fixed = itemsize * (
-        p * (2 * d + padded_width(d + 2) + 8 * outputs + q_out)
+        p * (2 * d + padded_width(d + 2) + 12 * outputs + q_out)
         + s * (q_out + d)
         + inner_subsample_size * (q_in + d)
     )
@@ -521,12 +521,13 @@ def memory_plan(
     coefficients, targets, an epoch snapshot and the best epoch's coefficients (4 x n x l),
     the centers' order (two int64 per center) and the eigenvectors (at most s x s/4). On
     general centers (data streamed from the host), fixed: the local centers, their prepared
-    form and the temporary centers of a delayed projection (p_r x (2d + d + 2)), eight
-    p_r x l tensors (coefficients, values, snapshots, ...), ``K(Z_r, X_S) E`` and both
-    preconditioners. Per batch row: a row of the kernel block and a temporary (2 p_r), its
-    subsample columns and the batch itself. On the CPU the batch is also capped at
-    :data:`CPU_MAX_BATCH`, beyond which GEMM gets no faster. Building the preconditioner
-    comes first and is sized separately (:func:`subsample_size_for_budget`).
+    form and the temporary centers of a delayed projection (p_r x (2d + d + 2)), twelve
+    p_r x l tensors (coefficients, values, snapshots, conjugate-gradient vectors, ...),
+    ``K(Z_r, X_S) E`` and both preconditioners. Per batch row: a row of the kernel block
+    and a temporary (2 p_r), its subsample columns and the batch itself. On the CPU the
+    batch is also capped at :data:`CPU_MAX_BATCH`, beyond which GEMM gets no faster.
+    Building the preconditioner comes first and is sized separately
+    (:func:`subsample_size_for_budget`).
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
     fixed, per_row = _plan_bytes(
@@ -835,7 +836,7 @@ def fit(
         run = _setup_training_points(kernel, data, targets, **settings)
     else:
         inner = check_inner(inner)
-        inner["sgd_epochs"] = plan_sgd_epochs(inner["sgd_epochs"], n_epochs)
+        inner["sgd_epochs"] = plan_sgd_epochs(inner["sgd_epochs"], n_epochs, warm is not None)
         run = _setup_centers(kernel, data, targets, centers, inner=inner, **settings)
         if centers.shape[0] < n:
             no_exact_fit = "; ".join(
@@ -1189,9 +1190,10 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
             progress.start_epoch(epoch, n_epochs)
             cg = finish is not None and epoch > sgd_epochs
             if cg:
-                loss, finished, stderr = finish.epoch(), True, 0.0
+                loss, finished, stderr = finish.epoch(progress.advance), True, 0.0
             else:
-                loss, finished, stderr = _run_epoch(run, eta, limit, progress)
+                collect = finish.begin_sgd_epoch() if finish and epoch == sgd_epochs else None
+                loss, finished, stderr = _run_epoch(run, eta, limit, progress, collect)
             if finished and run.average is not None and not cg:
                 run.average.restart_if_better(run)
             seconds = time.perf_counter() - start
@@ -1239,9 +1241,10 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
     return result
 
 
-def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress):
+def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress, collect=None):
     """One pass over shuffled batches. Returns (mean batch loss, finished without diverging,
-    standard error of that mean)."""
+    standard error of that mean). ``collect(X_B, residual, block)`` sees each batch (for
+    the conjugate-gradient finish)."""
     model, projection, basis = run.model, run.projection, run.basis
     n, m = run.n, run.batch_size
     batches = np.array_split(run.rng.permutation(n), range(m, n, m))
@@ -1264,6 +1267,8 @@ def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress):
         residual = summed[0].sub_(Yb)
         epoch_loss.add(residual)
         coords = None if basis is None else basis.coordinates(summed[1], residual)
+        if collect is not None:
+            collect(Xb, residual, block)
         projection.update(Step(idx, Xb, block, residual, coords, rate, summed[len(parts) :]))
         if run.average is not None and projection.settled:
             run.average.add()  # a delayed projection: only right after a projection

@@ -76,6 +76,7 @@ def test_sgd_epochs_plan():
     assert plan_sgd_epochs("auto", 10) == 1 and plan_sgd_epochs("auto", 4) == 1
     assert plan_sgd_epochs("auto", 3) is None  # too few epochs left for it to pay
     assert plan_sgd_epochs(0, 5) == 0 and plan_sgd_epochs(5, 5) is None
+    assert plan_sgd_epochs("auto", 3, warm=True) == 0  # a warm start continues with CG
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, "yes"])
@@ -84,3 +85,46 @@ def test_bad_sgd_epochs_raise(value):
     model = EigenProRegressor(n_centers=20, inner_params={"sgd_epochs": value})
     with pytest.raises(ValueError, match="sgd_epochs"):
         model.fit(X.numpy(), Y.numpy()[:, 0])
+
+
+def test_a_warm_start_continues_with_conjugate_gradient():
+    """A continuation starts with conjugate gradient, so it never loses ground: an SGD epoch
+    would take the fitted model back up to SGD's noise floor."""
+    X, Y, _, _ = _problem(n=400)
+    X, y = X.numpy(), Y.numpy()[:, 0]
+    model = EigenProRegressor(
+        n_centers=40, n_epochs=5, dtype="float64", random_state=0, warm_start=True
+    ).fit(X, y)
+    assert model.inner_params_["sgd_epochs"] == 1
+    first = model.history_[-1]["train_loss"]
+    model.set_params(n_epochs=3).fit(X, y)
+    assert model.inner_params_["sgd_epochs"] == 0
+    losses = [h["train_loss"] for h in model.history_[5:]]
+    assert losses[0] == pytest.approx(first, rel=1e-9)  # the residual pass: unchanged
+    assert losses[-1] <= first
+
+
+def test_the_first_pass_after_sgd_steps_in_the_best_point_of_its_span():
+    """The pass that computes the first residual also steps: to the least-squares point of
+    the span of SGD's displacement and the preconditioned gradient its batches met."""
+    X, Y, Z, kernel = _problem(seed=2)
+    model, cg = _solver(X, Y, Z, kernel, 1e-3)
+    kxz = kernel(X, Z)
+    collect = cg.begin_sgd_epoch()
+    gradient = torch.zeros_like(model.coef)
+    for idx in np.array_split(np.random.default_rng(0).permutation(len(X)), 6):
+        residual = kxz[idx] @ model.coef - Y[idx]
+        collect(X[idx], residual, None)
+        gradient += kxz[idx].T @ residual
+        model.coef -= kxz[idx].T @ residual / (len(idx) * len(Z))
+    sgd_end = model.coef.clone()
+    before = float((kxz @ sgd_end - Y).pow(2).mean())
+    loss = cg.epoch()
+    after = float((kxz @ model.coef - Y).pow(2).mean())
+    assert loss == pytest.approx(after, rel=1e-9) and after < 0.9 * before
+    preconditioned = torch.cholesky_solve(torch.cholesky_solve(gradient, cg.factor), cg.factor)
+    for j in range(Y.shape[1]):  # independent: least squares over the two directions
+        basis = kxz @ torch.stack([sgd_end[:, j], preconditioned[:, j]], 1)
+        a = torch.linalg.lstsq(basis, Y[:, j] - kxz @ sgd_end[:, j]).solution
+        best = sgd_end[:, j] + torch.stack([sgd_end[:, j], preconditioned[:, j]], 1) @ a
+        np.testing.assert_allclose(model.coef[:, j].numpy(), best.numpy(), atol=1e-8)
