@@ -73,8 +73,8 @@ class ConjugateGradient:
 
     Each pass minimises the training loss exactly over the span of its directions (per
     output): standard CG's step along one conjugate direction, and in the first pass after
-    SGD, a step in the span of SGD's last displacement and the preconditioned gradient its
-    second half met, so that the pass which computes the first residual also moves.
+    SGD, a step in the span of SGD's last displacement and the preconditioned sum of the
+    gradients its batches met, so that the pass which computes the first residual also moves.
 
     Parameters
     ----------
@@ -110,7 +110,7 @@ class ConjugateGradient:
 
     def begin_sgd_epoch(self):
         """Before SGD's last epoch: remember where it starts; returns ``collect(X, residual,
-        block)``, to be called for the batches of its second half."""
+        block)``, to be called for each of its batches."""
         self.start = self.model.coef.clone()
         self.gradient = torch.zeros_like(self.model.coef)
         return self._collect
@@ -162,6 +162,7 @@ class ConjugateGradient:
         if directions is not None:
             D, AD = directions.double(), applied.double()
             gram = torch.einsum("ipl,jpl->lij", D, AD)
+            gram = (gram + gram.transpose(1, 2)) / 2  # symmetric but for round-off
             along = torch.einsum("ipl,pl->li", D, residual.double())
             a = self._solve(gram, along)
             model.coef += torch.einsum("kpl,lk->pl", directions, a.to(model.dtype))
