@@ -1007,12 +1007,12 @@ def _setup_centers(
             max_block_elements=plan.max_block_elements,
         )  # fmt: skip
     ridge_rate = ridge * m / n
-    finish = False
+    with_cg = False  # the conjugate-gradient finish
     if method == "cholesky":
         projection = CholeskyProjection(model, basis, lift, ridge_rate)
     elif exact:  # delayed, with exact projections; its factor preconditions the CG finish
-        finish = p < n and inner["sgd_epochs"] is not None  # the fit leaves residuals
-        factor = cholesky_factor(model, preconditioner_jitter(p) if finish else 0.0)[0]
+        with_cg = p < n and inner["sgd_epochs"] is not None  # the fit leaves residuals
+        factor = cholesky_factor(model, preconditioner_jitter(p) if with_cg else 0.0)[0]
         projection = DelayedProjection(model, basis, None, 0, m, factor)
     else:
         inner = {**inner, "method": method, "subsample_size": s_in}
@@ -1027,7 +1027,7 @@ def _setup_centers(
     )  # fmt: skip
     _start_from(model, warm, order)
     check = rows.take(final_check_rows(n))
-    finish = ConjugateGradient(model, projection.factor, rows, m) if finish else None
+    finish = ConjugateGradient(model, projection.factor, rows, m) if with_cg else None
     return _Run(
         model, projection, basis, rows, n_out, m, eta, rng, order, check, 0.0, result,
         finish=finish, sgd_epochs=inner["sgd_epochs"],
