@@ -29,10 +29,10 @@ def _problem(n=300, p=25, seed=0):
     return X, Y, Z, get_kernel("gaussian", bandwidth=1.0)
 
 
-def _solver(X, Y, Z, kernel, jitter, batch_size=64):
+def _solver(X, Y, Z, kernel, jitter, batch_size=64, max_block_elements=2**20):
     model = CenterModel(
         kernel, Z, Y.shape[1], n_centers=len(Z), lo=0, comm=Communicator(),
-        max_block_elements=2**20,
+        max_block_elements=max_block_elements,
     )  # fmt: skip
     kmat = kernel(Z, Z) + jitter * torch.eye(len(Z), dtype=Z.dtype)
     return model, ConjugateGradient(model, torch.linalg.cholesky(kmat), _Rows(X, Y), batch_size)
@@ -128,3 +128,16 @@ def test_the_first_pass_after_sgd_steps_in_the_best_point_of_its_span():
         a = torch.linalg.lstsq(basis, Y[:, j] - kxz @ sgd_end[:, j]).solution
         best = sgd_end[:, j] + torch.stack([sgd_end[:, j], preconditioned[:, j]], 1) @ a
         np.testing.assert_allclose(model.coef[:, j].numpy(), best.numpy(), atol=1e-8)
+
+
+def test_kernel_blocks_too_large_to_hold_give_the_same_passes():
+    """When a batch's kernel block exceeds the budget, the products are computed blockwise
+    (twice per pass) instead of from one held block: the same iterates."""
+    X, Y, Z, kernel = _problem(seed=3)
+    runs = []
+    for max_block in (2**20, 1000):  # 64 x 25 = 1600 entries per batch: held, then not
+        model, cg = _solver(X, Y, Z, kernel, 1e-3, max_block_elements=max_block)
+        assert (model.block(X[:64]) is None) == (max_block == 1000)
+        runs.append(([cg.epoch() for _ in range(6)], model.coef.clone()))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-10)
+    np.testing.assert_allclose(runs[0][1].numpy(), runs[1][1].numpy(), rtol=1e-8, atol=1e-10)
