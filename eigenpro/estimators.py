@@ -895,9 +895,9 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
         the inexact ones the inner iteration's ``n_components``, ``subsample_size``,
         ``batch_size``, ``step_size`` and ``n_steps`` (inner steps per data batch, or per
         pass of a delayed projection). With the exact delayed projection and fewer centers
-        than points, ``sgd_epochs`` SGD epochs (``"auto"``: 1, when ``n_epochs >= 4``) are
-        followed by conjugate-gradient epochs, one pass over the data each (the first
-        computes the residual), which reach the least-squares fit where SGD would crawl
+        than points, ``sgd_epochs`` SGD epochs (``"auto"``: 1, or 0 for a warm start, when
+        ``n_epochs`` leaves 3 after them) are followed by conjugate-gradient epochs, one
+        pass over the data each, which reach the least-squares fit where SGD would crawl
         (:mod:`eigenpro.conjugate_gradient`); ``sgd_epochs >= n_epochs`` turns them off.
         The values used are in ``inner_params_`` (``sgd_epochs=None``: SGD throughout).
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
