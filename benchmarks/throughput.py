@@ -97,7 +97,7 @@ def main():
         "machine": machine(device),
         "versions": versions(),
         "floor": "float matmul (n x d by d x n, in row blocks of 4096) + exp_ + matmul with "
-        "the n x 10 coefficients; measured in the same process right after each fit",
+        "the n x 10 coefficients; sampled in the same process before, between and after the fits",
         "results": rows,
     }
     if args.note:
