@@ -139,8 +139,9 @@ def throughput_section(data: dict, before: dict | None, repeats=(), where="") ->
     tries = data["settings"].get("epochs", 1)
     how = f"Epoch: the fastest of {tries}."
     if "floor_tries_seconds" in data["results"][0]:
-        how = (f"Epoch: the fastest of {tries} one-epoch fits; floor: the fastest of "
-               f"{tries + 1} samples taken before, between and after them.")  # fmt: skip
+        counts = "/".join(str(len(r["epoch_tries_seconds"])) for r in data["results"])
+        how = (f"Epoch: the fastest of {counts} one-epoch fits (by n); floor: the fastest of "
+               "one more sample, taken before, between and after them.")  # fmt: skip
     out = [title + (f", {where}" if where else ""), "",
            f"Measured on: {_machine(data)}. {how} Floor: {data['floor']}.", ""]  # fmt: skip
     head = "| n | epoch s | floor s | ratio | peak RSS MiB | data MiB |"

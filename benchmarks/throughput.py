@@ -1,12 +1,13 @@
 """Epoch time against the physical floor, and peak memory against the data (MNIST, d = 784).
 
 For each n, in one process: the seconds of one EigenPro epoch (automatic settings, MNIST
-training images, Gaussian bandwidth 5; the fastest of ``--epochs`` one-epoch fits, default
-3: single epochs on a shared 2-core machine vary by 10-20%), the floor (the fastest of
-samples taken before, between and after those fits, so that both minima come from the
-same minutes; the same-sized float matmul for the full n x n kernel block, its exponentials
-and the product with the coefficients; DESIGN.md section 3) and their ratio; the peak
-resident memory of the first fit against the size of the training data.
+training images, Gaussian bandwidth 5; the fastest of at least ``--epochs`` one-epoch fits,
+default 3, and of as many as ``--seconds-per-n`` allows: single epochs on a shared 2-core
+machine vary by 10-20%), the floor (the fastest of samples taken before, between and after
+those fits, so that both minima come from the same minutes and as many tries; the
+same-sized float matmul for the full n x n kernel block, its exponentials and the product
+with the coefficients; DESIGN.md section 3) and their ratio; the peak resident memory of
+the first fit against the size of the training data.
 
     python benchmarks/throughput.py                        # n = 10000, 30000, 60000
     python benchmarks/throughput.py --tag before --note "..."  # keep a baseline beside it
@@ -15,6 +16,7 @@ resident memory of the first fit against the size of the training data.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 
 import numpy as np
@@ -37,6 +39,9 @@ from eigenpro._device import resolve_device, resolve_dtype
 def main():
     p = parser(__doc__.splitlines()[0], n_train=[10000, 30000, 60000], epochs=3, multi_n=True)
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. 'before')")
+    p.add_argument("--seconds-per-n", type=float, default=45.0,
+                   help="after --epochs tries, try again while less time than this was spent "
+                   "on one n (more tries where they are cheap)")  # fmt: skip
     p.add_argument("--note", default=None, help="what code was timed, recorded as 'code'")
     args = p.parse_args()
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -51,7 +56,10 @@ def main():
         # Floors and epochs interleaved (floor, fit, floor, fit, ..., floor), each fit one
         # epoch: both minima then come from the same minutes of a machine whose speed drifts.
         floors, epochs = [floor_sample()], []
-        for attempt in range(args.epochs):
+        started = time.perf_counter()
+        for attempt in itertools.count():
+            if attempt >= args.epochs and time.perf_counter() - started > args.seconds_per_n:
+                break
             clf = EigenProClassifier(
                 kernel="gaussian", bandwidth=5.0, n_epochs=1, device=device,
                 dtype=args.dtype, random_state=args.seed, verbose=1,
