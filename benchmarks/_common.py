@@ -207,8 +207,9 @@ def kernel_floor_seconds(
     best = float("inf")
     torch.mm(X, Z.T, out=block)  # warm-up: thread pool, first-touch of the block
     for _ in range(repeats):
-        # Time a few whole blocks and scale to n_rows: identical work per block.
-        reps = max(1, min(int(np.ceil(n_blocks)), 4))
+        # Time a few whole blocks (about 4 x 4096 rows) and scale to n_rows: identical work
+        # per block.
+        reps = max(1, min(int(np.ceil(n_blocks)), -(-4 * 4096 // block_rows)))
         sync(device)
         start = time.perf_counter()
         for _ in range(reps):

@@ -144,7 +144,10 @@ def throughput_section(data: dict, before: dict | None, repeats=(), where="") ->
                "one more sample, taken before, between and after them.")  # fmt: skip
     out = [title + (f", {where}" if where else ""), "",
            f"Measured on: {_machine(data)}. {how} Floor: {data['floor']}.", ""]  # fmt: skip
+    batch_rows = "batch_floor_seconds" in data["results"][0]
     head = "| n | epoch s | floor s | ratio | peak RSS MiB | data MiB |"
+    if batch_rows:
+        head += " batch | floor at batch rows s | ratio to it |"
     if before:
         head += " ratio before |"
     for label, _, before_run in repeats:
@@ -160,6 +163,9 @@ def throughput_section(data: dict, before: dict | None, repeats=(), where="") ->
             f"| {r['n']} | {r['epoch_seconds']:.1f} | {r['floor_seconds']:.1f} | "
             f"{r['ratio_to_floor']:.3f} | {r['peak_rss_mib']:.0f} | {r['data_mib']:.0f} |"
         )
+        if batch_rows:
+            line += (f" {r['batch_size']} | {r['batch_floor_seconds']:.1f} | "
+                     f"{r['ratio_to_batch_floor']:.3f} |")  # fmt: skip
         if before:
             line += f" {old.get(r['n'], '')} |"
         for _, after_run, before_run in repeats:

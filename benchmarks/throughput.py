@@ -7,7 +7,9 @@ machine vary by 10-20%), the floor (the fastest of samples taken before, between
 those fits, so that both minima come from the same minutes and as many tries; the
 same-sized float matmul for the full n x n kernel block, its exponentials and the product
 with the coefficients; DESIGN.md section 3) and their ratio; the peak resident memory of
-the first fit against the size of the training data.
+the first fit against the size of the training data. Also the same floor computed in row
+blocks of the fit's batch size (the GEMM shape an SGD epoch has: every batch streams all the
+centers through the caches) and the epoch's ratio to it.
 
     python benchmarks/throughput.py                        # n = 10000, 30000, 60000
     python benchmarks/throughput.py --tag before --note "..."  # keep a baseline beside it
@@ -55,7 +57,7 @@ def main():
         )
         # Floors and epochs interleaved (floor, fit, floor, fit, ..., floor), each fit one
         # epoch: both minima then come from the same minutes of a machine whose speed drifts.
-        floors, epochs = [floor_sample()], []
+        floors, epochs, batch_floors = [floor_sample()], [], []
         started = time.perf_counter()
         for attempt in itertools.count():
             if attempt >= args.epochs and time.perf_counter() - started > args.seconds_per_n:
@@ -72,6 +74,7 @@ def main():
                 mem, setup = measured, fit_seconds - clf.history_[0]["seconds"]
             epochs.append(clf.history_[0]["seconds"])
             floors.append(floor_sample())
+            batch_floors.append(floor_sample(block_rows=clf.batch_size_))
         epoch_seconds, floor = min(epochs), min(floors)
         row = {
             "n": n,
@@ -79,6 +82,9 @@ def main():
             "epoch_seconds": epoch_seconds,
             "floor_seconds": floor,
             "ratio_to_floor": epoch_seconds / floor,
+            "batch_floor_seconds": min(batch_floors),
+            "ratio_to_batch_floor": epoch_seconds / min(batch_floors),
+            "batch_floor_tries_seconds": batch_floors,
             "setup_seconds": setup,
             "epoch_tries_seconds": epochs,
             "floor_tries_seconds": floors,
@@ -95,7 +101,8 @@ def main():
         rows.append(row)
         print(
             f"n={n}: epoch {epoch_seconds:.1f} s, floor {floor:.1f} s, "
-            f"ratio {row['ratio_to_floor']:.3f}; peak RSS {mem['peak_mib']:.0f} MiB "
+            f"ratio {row['ratio_to_floor']:.3f} (at the batch's rows "
+            f"{row['ratio_to_batch_floor']:.3f}); peak RSS {mem['peak_mib']:.0f} MiB "
             f"(data {data_mib:.0f} MiB)"
         )
     name = "throughput" + (f"_{args.tag}" if args.tag else "")
