@@ -141,7 +141,7 @@ def throughput_section(data: dict, before: dict | None, repeats=(), where="") ->
     if "floor_tries_seconds" in data["results"][0]:
         counts = "/".join(str(len(r["epoch_tries_seconds"])) for r in data["results"])
         how = (f"Epoch: the fastest of {counts} one-epoch fits (by n); floor: the fastest of "
-               "one more sample, taken before, between and after them.")  # fmt: skip
+               "one sample more.")  # fmt: skip
     out = [title + (f", {where}" if where else ""), "",
            f"Measured on: {_machine(data)}. {how} Floor: {data['floor']}.", ""]  # fmt: skip
     batch_rows = "batch_floor_seconds" in data["results"][0]
