@@ -666,7 +666,8 @@ def kernel_matmul(
     # One buffer for every block (and, passed in, for every call): fresh memory for each block
     # would be page-faulted and zeroed by the OS, a cost comparable to the exponentials.
     tiles = _column_tiles(p, cols, keep_columns)
-    needed = rows * max(c1 - c0 for c0, c1 in tiles)
+    direct = keep_columns if multiple == 1 else None  # a kept slice, computed where it is kept
+    needed = rows * max((c1 - c0 for c0, c1 in tiles if not _is_slice(direct, c0, c1)), default=0)
     if workspace is None or workspace.numel() < needed:
         workspace = torch.empty(needed, dtype=X.dtype, device=X.device)
     for r0 in range(0, m, rows):
@@ -680,8 +681,8 @@ def kernel_matmul(
             acc = torch.zeros(Xr.shape[0], W.shape[1], dtype=W.dtype, device=W.device)
         points = kernel.prepare_points(Xr, prepared)
         for c0, c1 in tiles:
-            into_kept = padded == n_real and _is_slice(keep_columns, c0, c1)
-            if into_kept:  # the kept slice is one tile, computed where it is kept
+            into_kept = _is_slice(direct, c0, c1)
+            if into_kept:  # rows are never padded here: the block is exactly the kept rows
                 buffer = kept[r0 : r0 + n_real]
             else:
                 buffer = workspace[: Xr.shape[0] * (c1 - c0)].view(Xr.shape[0], c1 - c0)
