@@ -32,6 +32,8 @@ import math
 import numpy as np
 import torch
 
+from .kernels import narrow_mm
+
 __all__ = ["ConjugateGradient", "plan_sgd_epochs", "preconditioner_jitter"]
 
 #: SGD epochs before the conjugate-gradient epochs ("auto"). MNIST 60k, p = 10000 (float32,
@@ -135,7 +137,7 @@ class ConjugateGradient:
         for start in range(0, n, self.batch_size):
             _, Xb, Yb = self.rows.take(np.arange(start, min(start + self.batch_size, n)))
             block = model.block(Xb)
-            out = block @ stacked if block is not None else model.products(Xb, stacked)
+            out = narrow_mm(block, stacked) if block is not None else model.products(Xb, stacked)
             out[:, :n_out] = Yb - out[:, :n_out]
             squares += out[:, :n_out].double().pow(2).sum(0)
             residual += model.gradient(Xb, out, block)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .distributed import Communicator
-from .kernels import Kernel, kernel_matmul
+from .kernels import Kernel, kernel_matmul, narrow_mm
 
 __all__ = ["CenterModel"]
 
@@ -132,7 +132,7 @@ class CenterModel:
     def gradient(self, X: torch.Tensor, residual: torch.Tensor, block=None) -> torch.Tensor:
         """``K(Z_r, X) @ residual`` (``block``: ``K(X, Z_r)`` when already computed)."""
         if block is not None:
-            return block.T @ residual
+            return narrow_mm(block.T, residual)
         return kernel_matmul(
             self.kernel, self.centers, X, residual, max_block_elements=self.max_block
         )

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .eigensystem import nystrom_eigensystem, top_eigensystem
-from .kernels import Kernel
+from .kernels import Kernel, narrow_mm
 
 __all__ = [
     "EigenProPreconditioner",
@@ -177,7 +177,7 @@ class EigenProPreconditioner:
         residual : Tensor of shape (m, l)
         """
         coords = self.eigenvectors.T @ (kmat_batch_subsample.T @ residual)  # (q, l)
-        return self.eigenvectors @ (self.scales.unsqueeze(1) * coords)
+        return narrow_mm(self.eigenvectors, self.scales.unsqueeze(1) * coords)
 
 
 def _preconditioned_diagonals(

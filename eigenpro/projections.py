@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .kernels import kernel_matmul
+from .kernels import kernel_matmul, narrow_mm
 from .model import CenterModel
 from .preconditioner import BETA_PROBES, EigenProPreconditioner, build_preconditioner
 
@@ -120,7 +120,7 @@ class LocalBasis:
 
     def change(self, coords: torch.Tensor) -> torch.Tensor:
         """``E_r D coords``: the subsample's coefficient change on this rank."""
-        return self.vectors @ (self.scales.unsqueeze(1) * coords)
+        return narrow_mm(self.vectors, self.scales.unsqueeze(1) * coords)
 
     def add_to(self, coef: torch.Tensor, coords: torch.Tensor, rate: float) -> None:
         """``coef[S_r] += rate E_r D coords``."""
@@ -270,7 +270,7 @@ class _ValuesProjection(Projection):
             coords = step.coords
             if self.ridge_rate:
                 coords = coords.add(step.extras[0], alpha=self.ridge_rate)
-            grad.sub_(self.lift @ (self.basis.scales.unsqueeze(1) * coords))
+            grad.sub_(narrow_mm(self.lift, self.basis.scales.unsqueeze(1) * coords))
         self.target.sub_(grad, alpha=step.rate)
         self.after_update()
 

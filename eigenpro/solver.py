@@ -40,7 +40,7 @@ import torch
 
 from .conjugate_gradient import ConjugateGradient, plan_sgd_epochs, preconditioner_jitter
 from .distributed import Communicator
-from .kernels import Kernel, PreparedCenters, kernel_matmul, padded_width
+from .kernels import Kernel, PreparedCenters, kernel_matmul, narrow_mm, padded_width
 from .model import CenterModel
 from .preconditioner import (
     STEP_SAFETY,
@@ -1256,7 +1256,7 @@ def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress, co
         block = model.block(Xb) if projection.needs_gradient else None
         kept = None
         if block is not None:
-            pred = block @ model.coef
+            pred = narrow_mm(block, model.coef)
             kept = None if basis is None else block[:, basis.keep]
         elif basis is not None:
             pred, kept = model.products(Xb, keep_columns=basis.keep)

@@ -209,6 +209,27 @@ def test_kernel_matmul_keeps_columns_cut_by_cpu_tiles(monkeypatch, keep):
         assert max(widths) == 63  # 500 columns in 8 tiles of at most 64, 63 wide
 
 
+@pytest.mark.parametrize("n_out", [1, 2, 10, 15, 16, 17])
+def test_float32_products_by_few_columns_are_exact(n_out):
+    """2 to 15 coefficient columns are padded to 16 on the CPU in float32 (a faster GEMM);
+    the result has the caller's columns and matches a float64 product."""
+    rng = np.random.default_rng(4)
+    X, Z = rng.normal(size=(300, 6)), rng.normal(size=(700, 6))
+    W = rng.normal(size=(700, n_out))
+    as32 = [torch.tensor(a, dtype=torch.float32) for a in (X, Z, W)]
+    expected = GaussianKernel(2.0)(torch.tensor(X), torch.tensor(Z)) @ torch.tensor(W)
+    out, kept = kernel_matmul(GaussianKernel(2.0), *as32, keep_columns=slice(0, 50))
+    assert out.shape == (300, n_out) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    A, B = torch.randn(40, 30), torch.randn(30, n_out)
+    product = kernels.narrow_mm(A, B)
+    assert product.shape == (40, n_out)
+    torch.testing.assert_close(product.double(), A.double() @ B.double(), rtol=1e-5, atol=1e-5)
+    padded = 2 <= n_out < 16
+    assert kernels.gemm_width(n_out, B) == (16 if padded else n_out)
+    assert kernels.gemm_width(n_out, B.double()) == n_out  # float64 gains nothing
+
+
 RADIAL = [GaussianKernel(1.3), LaplacianKernel(2.0), CauchyKernel(0.7), MaternKernel(1.1, nu=2.5)]
 
 
