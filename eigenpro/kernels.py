@@ -745,12 +745,20 @@ def _column_tiles(p: int, cols: int, keep_columns) -> list[tuple[int, int]]:
 
 
 def _even_tiles(lo: int, hi: int, cols: int) -> list[tuple[int, int]]:
-    """``lo:hi`` in the fewest tiles of at most ``cols`` columns, of equal widths (no narrow
-    last tile, on which GEMM is slow)."""
+    """``lo:hi`` in the fewest tiles of at most ``cols`` columns, of near-equal widths (no
+    narrow last tile, on which GEMM is slow) that are multiples of :data:`GEMM_MULTIPLE`
+    but for the last: a block's rows then start at aligned addresses. Tiles 509 columns wide
+    (MNIST 60k, batches of 686) took 11% longer than 512 or 496 (GEMM, ``exp_`` and the
+    product with the coefficients, fastest of 8)."""
     if hi <= lo:
         return []
-    width = -(-(hi - lo) // -(-(hi - lo) // cols))
-    return [(c0, min(hi, c0 + width)) for c0 in range(lo, hi, width)]
+    if hi - lo <= cols:
+        return [(lo, hi)]
+    unit = GEMM_MULTIPLE if cols >= GEMM_MULTIPLE else 1
+    units = -(-(hi - lo) // unit)
+    n_tiles = -(-units // (cols // unit))
+    bounds = [min(hi, lo + units * i // n_tiles * unit) for i in range(n_tiles + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def _keep(block, c0, c1, keep_columns, kept) -> None:
