@@ -56,9 +56,12 @@ MIN_EPOCHS = 3
 JITTER_PER_ROOT_CENTER = 1e-4
 
 
-def preconditioner_jitter(n_centers: int) -> float:
-    """Relative jitter of the factor behind the preconditioner (:data:`JITTER_PER_ROOT_CENTER`)."""
-    return JITTER_PER_ROOT_CENTER * math.sqrt(n_centers)
+def preconditioner_jitter(n_centers: int, ridge_per_point: float = 0.0) -> float:
+    """Relative jitter of the factor behind the preconditioner (:data:`JITTER_PER_ROOT_CENTER`),
+    or, with a ridge, ``ridge p / (2 n)`` when larger: ``(K(Z, Z) + j I)^2`` then matches
+    ``(p / n) (K(Z, X) K(X, Z) + ridge K(Z, Z))`` to first order in ``j`` (kernels of unit
+    diagonal; ``ridge_per_point``: ``ridge / n``)."""
+    return max(JITTER_PER_ROOT_CENTER * math.sqrt(n_centers), 0.5 * ridge_per_point * n_centers)
 
 
 def plan_sgd_epochs(requested: int | str, n_epochs: int, warm: bool = False) -> int | None:
@@ -92,8 +95,12 @@ class ConjugateGradient:
         Rows per kernel block.
     """
 
-    def __init__(self, model, factor: torch.Tensor, rows, batch_size: int):
+    def __init__(
+        self, model, factor: torch.Tensor, rows, batch_size: int, ridge: float = 0.0,
+        jitter: float = 0.0,
+    ):  # fmt: skip
         self.model, self.factor, self.rows, self.batch_size = model, factor, rows, batch_size
+        self.ridge, self.jitter = ridge, jitter
         self.rtol = 100 * torch.finfo(model.dtype).eps  # of the small Gram matrices
         self.restart()
 
@@ -121,6 +128,10 @@ class ConjugateGradient:
 
     def _collect(self, X: torch.Tensor, residual: torch.Tensor, block) -> None:
         self.gradient += self.model.gradient(X, residual, block)
+
+    def _kzz(self, v: torch.Tensor) -> torch.Tensor:
+        """``K(Z, Z) v`` from the factor of ``K(Z, Z) + jitter I`` (``p^2 l`` operations)."""
+        return self.factor @ (self.factor.T @ v) - self.jitter * v
 
     def _precondition(self, residual: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(torch.cholesky_solve(residual, self.factor), self.factor)
@@ -150,10 +161,11 @@ class ConjugateGradient:
         """``gram^+ rhs`` per output: (l, k, k) and (l, k) -> (l, k), float64."""
         return (torch.linalg.pinv(gram, rtol=self.rtol, hermitian=True) @ rhs[..., None])[..., 0]
 
-    def epoch(self, advance=None) -> float:
+    def epoch(self, advance=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass: the exact residual of the current coefficients and, when there are
-        directions, the best step in their span. Returns the mean squared training residual
-        (per output) of the coefficients after the pass. ``advance()`` is called after each
+        directions, the best step in their span. Returns, per output (float64), the mean
+        squared training residual of the coefficients after the pass and the objective
+        (that plus ``ridge c^T K(Z, Z) c`` per row). ``advance()`` is called after each
         block."""
         model = self.model
         directions = self.directions
@@ -162,21 +174,41 @@ class ConjugateGradient:
             directions = torch.stack([sgd_step, gradient])
         self.start = self.gradient = None
         residual, applied, squares = self._pass(directions, advance)
+        ridge = self.ridge
+        kc = self._kzz(model.coef) if ridge else None
+        penalty = (model.coef * kc).sum(0, dtype=torch.float64) if ridge else 0.0
+        if ridge:
+            residual = residual - ridge * kc
         loss = squares
         if directions is not None:
-            D, AD = directions.double(), applied.double()
+            D, AD_data = directions.double(), applied.double()
+            kd = torch.stack([self._kzz(v) for v in directions.unbind(0)]) if ridge else None
+            AD = AD_data + ridge * kd.double() if ridge else AD_data
             gram = torch.einsum("ipl,jpl->lij", D, AD)
             gram = (gram + gram.transpose(1, 2)) / 2  # symmetric but for round-off
             along = torch.einsum("ipl,pl->li", D, residual.double())
             a = self._solve(gram, along)
             model.coef += torch.einsum("kpl,lk->pl", directions, a.to(model.dtype))
+            applied = AD.to(model.dtype)
             residual = residual - torch.einsum("kpl,lk->pl", applied, a.to(model.dtype))
-            quad = torch.einsum("li,lij,lj->l", a, gram, a)
-            loss = squares - 2 * (a * along).sum(1) + quad
+            gram_data = torch.einsum("ipl,jpl->lij", D, AD_data)
+            data_along = along
+            if ridge:  # D^T K(Z, X)(Y - K(X, Z) c): the data part of the residual alone
+                dk = torch.einsum("ipl,pl->li", D, kc.double())
+                dkd = torch.einsum("ipl,jpl->lij", D, kd.double())
+                data_along = along + ridge * dk
+                penalty = penalty + 2 * (a * dk).sum(1) + _quadratic(a, dkd)
+            loss = squares - 2 * (a * data_along).sum(1) + _quadratic(a, gram_data)
         # next direction: the preconditioned residual, A-conjugate to this pass's directions
         z = self._precondition(residual)
         if directions is not None:
             gamma = self._solve(gram, torch.einsum("ipl,pl->li", AD, z.double()))
             z = z - torch.einsum("kpl,lk->pl", directions, gamma.to(z.dtype))
         self.directions = z[None]
-        return float(loss.clamp_min(0).sum()) / (self.n * model.coef.shape[1])
+        mse = loss.clamp_min(0) / self.n
+        return mse, mse + torch.as_tensor(penalty).clamp_min(0) * ridge / self.n
+
+
+def _quadratic(a: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """``a_l^T gram_l a_l`` per output: (l, k) and (l, k, k) -> (l,)."""
+    return torch.einsum("li,lij,lj->l", a, gram, a)

@@ -17,7 +17,6 @@ import joblib
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.spatial.distance import pdist
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score, r2_score
@@ -50,6 +49,7 @@ from .kernels import (
     ScaledKernel,
     get_kernel,
 )
+from .model_selection import SELECTION_ROWS, choose, median_distance
 from .preconditioner import (
     PRECISION_FLOOR,
     default_max_components,
@@ -59,11 +59,13 @@ from .preconditioner import (
 from .projections import INNER_KEYS, check_inner
 from .solver import DivergenceError, budget_for_batch, fit, memory_plan, predict
 from .streaming import HostData, is_streamable
+from .targets import TargetScaler
 
 __all__ = ["EigenProRegressor", "EigenProClassifier", "auto_bandwidth"]
 
-#: Rows used by the ``bandwidth="auto"`` median heuristic.
-BANDWIDTH_SAMPLE = 1000
+#: Epochs at most with ``n_epochs="auto"``; the fit stops earlier when the training loss
+#: converges (``tol``).
+MAX_AUTO_EPOCHS = 100
 #: Rows on which the data are checked against the kernel (:func:`eigenpro.diagnostics.diagnose`).
 DIAGNOSIS_SAMPLE = 10000
 #: A memory budget that limits batches to less than 1 / this of the batch the data and device
@@ -89,20 +91,18 @@ def _bandwidth_from_gamma(gamma, bandwidth) -> float:
 
 
 def auto_bandwidth(X: np.ndarray, random_state=None) -> float:
-    """The ``bandwidth="auto"`` rule: half the median Euclidean distance between training points.
+    """The ``bandwidth="median"`` rule: half the median Euclidean distance between training
+    points (the base of the ``"auto"`` search, :mod:`eigenpro.model_selection`).
 
     The median is taken over all pairs of at most 1000 randomly chosen rows. Half the median
-    puts a typical pair at kernel value ``exp(-2)`` for the Gaussian kernel: local enough for
-    kernel interpolation to fit fine structure, wide enough to generalise (on MNIST it gives
-    5.1, the bandwidth of the EigenPro paper). Falls back to 1.0 when all rows coincide.
+    puts a typical pair at kernel value ``exp(-2)`` for the Gaussian kernel (on MNIST it
+    gives 5.1, the bandwidth of the EigenPro paper). Falls back to 1.0 when all rows
+    coincide.
     """
     rng = check_random_state(random_state)
-    if X.shape[0] > BANDWIDTH_SAMPLE:
-        X = X[rng.choice(X.shape[0], BANDWIDTH_SAMPLE, replace=False)]
-    if X.shape[0] < 2:
-        return 1.0
-    median = float(np.median(pdist(np.asarray(X, dtype=np.float64))))
-    return 0.5 * median if median > 0 else 1.0
+    if X.shape[0] > SELECTION_ROWS:
+        X = X[rng.choice(X.shape[0], SELECTION_ROWS, replace=False)]
+    return 0.5 * median_distance(X, fallback=2.0)
 
 
 @contextmanager
@@ -129,7 +129,7 @@ def _is_fitted_attribute(name: str) -> bool:
 
 #: Parameters a warm start may change: the others define the problem being continued.
 CONTINUABLE_PARAMS = frozenset(
-    {"n_epochs", "verbose", "warm_start", "n_iter_no_change", "memory_gb", "device",
+    {"n_epochs", "tol", "verbose", "warm_start", "n_iter_no_change", "memory_gb", "device",
      "batch_size", "step_size", "random_state", "probability"}
 )  # fmt: skip
 #: Entries of a precomputed kernel matrix compared with its transpose at a time.
@@ -218,6 +218,18 @@ def _score_eval_sets(eval_tensors, predict_fn) -> dict:
     return {"eval_scores": scores, "eval_seconds": time.perf_counter() - start}
 
 
+def _validation(held: tuple, score, scaler: TargetScaler) -> tuple:
+    """``(X_val, rate(predictions) -> score)`` for the solver: its predictions are in the
+    scaled target units and are brought back before scoring."""
+    X_val, Y_val, w_val = held
+
+    def rate(pred: torch.Tensor) -> float:
+        pred = scaler.inverse_transform(pred.double().cpu().numpy())
+        return score(Y_val, pred, sample_weight=w_val)
+
+    return X_val, rate
+
+
 class _Weighting:
     """Sample weights as a diagonal scaling of the kernel (:class:`~eigenpro.kernels.ScaledKernel`).
 
@@ -269,15 +281,17 @@ class _BaseEigenPro(BaseEstimator):
 
     _parameter_constraints: dict = {
         "kernel": [StrOptions(set(KERNELS) | {"precomputed"}), callable, Kernel],
-        "bandwidth": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "bandwidth": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto", "median"})],
         "kernel_params": [dict, None],
-        "n_epochs": [Interval(Integral, 1, None, closed="left")],
+        "n_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
         "n_components": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "subsample_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "step_size": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "memory_gb": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
-        "alpha": [Interval(Real, 0, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "fit_intercept": ["boolean"],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -296,16 +310,18 @@ class _BaseEigenPro(BaseEstimator):
         *,
         bandwidth="auto",
         kernel_params=None,
-        n_epochs=10,
+        n_epochs="auto",
+        tol=1e-4,
         n_components="auto",
         subsample_size="auto",
         batch_size="auto",
         step_size="auto",
         memory_gb="auto",
-        alpha=0.0,
+        alpha="auto",
+        fit_intercept=True,
         early_stopping=False,
         validation_fraction=0.1,
-        n_iter_no_change=5,
+        n_iter_no_change=3,
         n_centers=None,
         inner_params=None,
         device="auto",
@@ -318,12 +334,14 @@ class _BaseEigenPro(BaseEstimator):
         self.bandwidth = bandwidth
         self.kernel_params = kernel_params
         self.n_epochs = n_epochs
+        self.tol = tol
         self.n_components = n_components
         self.subsample_size = subsample_size
         self.batch_size = batch_size
         self.step_size = step_size
         self.memory_gb = memory_gb
         self.alpha = alpha
+        self.fit_intercept = fit_intercept
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -349,6 +367,11 @@ class _BaseEigenPro(BaseEstimator):
                 "kernel='precomputed' takes n_centers=None or an int (centers drawn from the "
                 "training points); centers given as points need the kernel itself"
             )
+
+    @property
+    def _max_epochs(self) -> int:
+        """Epochs at most: ``n_epochs``, or :data:`MAX_AUTO_EPOCHS` for ``"auto"``."""
+        return MAX_AUTO_EPOCHS if self.n_epochs == "auto" else int(self.n_epochs)
 
     @property
     def _precomputed(self) -> bool:
@@ -465,35 +488,43 @@ class _BaseEigenPro(BaseEstimator):
             seed = previous["seed"]
             rng.bit_generator.state = previous["rng_state"]
 
-        validation = val_pos = None
+        val_pos = held = None
         if self.early_stopping:
-            val_pos, data, Y, sample_weight, validation = self._hold_out(
-                data, Y, sample_weight, score, seed, stratify, (dtype, device)
+            val_pos, data, Y, sample_weight, held = self._hold_out(
+                data, Y, sample_weight, seed, stratify, (dtype, device)
             )
         n = data.n_samples
-        kernel, bandwidth, diagnosis = self._kernel_and_diagnosis(data, Y, seed, in_memory, matrix)
+        scaler = self._target_scaler(Y, sample_weight)
+        Y = scaler.transform(Y)
+        kernel, bandwidth, alpha, selection, diagnosis = self._kernel_and_diagnosis(
+            data, Y, seed, in_memory, matrix, sample_weight
+        )
         centers = None if self.n_centers is None else self._centers(data, rng, np_dtype)
         if previous is not None and centers is not None:
             centers = torch.from_numpy(previous["centers"])
-        weighted = _Weighting(sample_weight, float(self.alpha))
+        weighted = _Weighting(sample_weight, alpha)
+        validation = None if held is None else _validation(held, score, scaler)
         callback = None
         if eval_scorers:
             eval_tensors = [(_as_tensor(Xe, dtype, device), scorer) for Xe, scorer in eval_scorers]
 
             def callback(epoch: int, predict_fn, record: dict) -> dict:
-                return _score_eval_sets(eval_tensors, predict_fn)
+                return _score_eval_sets(
+                    eval_tensors, lambda X: scaler.inverse_transform(predict_fn(X))
+                )
 
         try:
             result = fit(
                 weighted.kernel(kernel), weighted.data(data),
                 torch.from_numpy(np.array(weighted.targets(Y), dtype=np_dtype, order="C")),
                 centers=weighted.centers(centers), device=device, dtype=dtype,
-                n_epochs=self.n_epochs, memory_budget=budget, batch_size=self.batch_size,
+                n_epochs=self._max_epochs, memory_budget=budget, batch_size=self.batch_size,
                 step_size=self.step_size, n_components=self.n_components,
                 subsample_size=self.subsample_size, inner=self.inner_params,
                 ridge=weighted.ridge, rng=rng, comm=comm,
                 validation=validation,
-                n_iter_no_change=self.n_iter_no_change if self.early_stopping else None,
+                n_iter_no_change=self.n_iter_no_change, tol=self.tol,
+                output_scale=scaler.scale,
                 callback=callback, verbose=self.verbose if comm.rank == 0 else 0,
                 no_exact_fit="; ".join(diagnosis.reasons) or None,
                 warm=None if previous is None else previous["warm"],
@@ -511,10 +542,15 @@ class _BaseEigenPro(BaseEstimator):
         self.centers_ = centers.numpy()
         if matrix is not None:  # the centers' indices among the training points
             self.centers_ = self.centers_[:, 0].astype(np.int64)
-        self.dual_coef_ = weighted.coefficients(result.coef, on_data=self.n_centers is None)
+        self.dual_coef_ = scaler.coefficients(
+            weighted.coefficients(result.coef, on_data=self.n_centers is None)
+        )
+        self.intercept_ = scaler.offset.copy()
         self.n_centers_ = p
         self.kernel_ = kernel
-        self.bandwidth_ = float(bandwidth) if isinstance(kernel, RadialKernel) else None
+        self.bandwidth_ = float(kernel.bandwidth) if isinstance(kernel, RadialKernel) else None
+        self.alpha_ = float(alpha)
+        self.selection_ = None if selection is None else selection.as_dict()
         if matrix is not None:  # predictions read the test rows of K; keep no n x n copy
             self.kernel_ = "precomputed"
         self._set_solver_attributes(result, device)
@@ -529,6 +565,15 @@ class _BaseEigenPro(BaseEstimator):
         }  # fmt: skip
         return val_pos
 
+    def _target_scaler(self, Y: np.ndarray, sample_weight) -> TargetScaler:
+        """The intercept (``fit_intercept``) and scale of the solver's targets
+        (:mod:`eigenpro.targets`); the classifier's indicators are not scaled."""
+        return TargetScaler.fit(
+            Y, sample_weight, center=self.fit_intercept, scale=self._scales_targets
+        )
+
+    _scales_targets = True
+
     def _problem(self) -> dict:
         """The parameters that define the problem a warm start continues (callables by
         identity)."""
@@ -538,9 +583,10 @@ class _BaseEigenPro(BaseEstimator):
             if k not in CONTINUABLE_PARAMS
         }
 
-    def _hold_out(self, data: HostData, Y, sample_weight, score, seed, stratify, on):
+    def _hold_out(self, data: HostData, Y, sample_weight, seed, stratify, on):
         """Early stopping's split: ``(held-out positions, training data, targets, weights,
-        (X_val on the device, scorer of predictions))``; ``on`` is ``(dtype, device)``."""
+        (X_val on the device, Y_val, weights of the held-out rows))``; ``on`` is
+        ``(dtype, device)``."""
         n = data.n_samples
         if n < 2:
             raise ValueError("early_stopping=True needs at least 2 samples to hold some out")
@@ -549,11 +595,8 @@ class _BaseEigenPro(BaseEstimator):
         w_val = None if sample_weight is None else sample_weight[val_pos]
         if sample_weight is not None:
             sample_weight = sample_weight[train_pos]
-
-        def rate(pred: torch.Tensor) -> float:
-            return score(Y_val, pred.double().cpu().numpy(), sample_weight=w_val)
-
-        return val_pos, data.subset(train_pos), Y[train_pos], sample_weight, (X_val, rate)
+        held = (X_val, Y_val, w_val)
+        return val_pos, data.subset(train_pos), Y[train_pos], sample_weight, held
 
     def _check_continuation(self, previous: dict | None, fingerprint: str) -> dict | None:
         """``previous`` when it fitted the same problem; else None, with a warning."""
@@ -585,19 +628,27 @@ class _BaseEigenPro(BaseEstimator):
                 self.dual_coef_, self.best_epoch_ = previous["dual_coef"], previous["best_epoch"]
 
     def _kernel_and_diagnosis(
-        self, data: HostData, Y: np.ndarray, seed: int, in_memory: bool, matrix=None
+        self, data: HostData, Y: np.ndarray, seed: int, in_memory: bool, matrix=None,
+        sample_weight=None,
     ):  # fmt: skip
-        """The kernel (bandwidth resolved on a sample of rows; ``matrix``: the precomputed
-        kernel matrix) and what the data allow (:func:`~eigenpro.diagnostics.diagnose`)."""
+        """The kernel and the ridge (``"auto"`` ones chosen on a sample of rows by
+        :func:`~eigenpro.model_selection.choose`; ``matrix``: the precomputed kernel
+        matrix), what was searched, and what the data allow
+        (:func:`~eigenpro.diagnostics.diagnose`). ``Y``: the solver's (centred) targets."""
         n = data.n_samples
         sample = np.arange(n)
-        if n > BANDWIDTH_SAMPLE:
-            sample = np.sort(check_random_state(seed).choice(n, BANDWIDTH_SAMPLE, replace=False))
+        if n > SELECTION_ROWS:
+            sample = np.sort(check_random_state(seed).choice(n, SELECTION_ROWS, replace=False))
         rows = data.take(sample, torch.float64, torch.device("cpu")).numpy()
-        if matrix is None:
-            kernel, bandwidth = self._make_kernel(rows, seed)
-        else:
-            kernel, bandwidth = PrecomputedKernel(torch.from_numpy(matrix)), None
+        make_kernel, radial, bandwidth = self._kernel_factory(matrix)
+        root = None
+        if sample_weight is not None and sample_weight.mean() > 0:
+            root = np.sqrt(sample_weight[sample] / sample_weight.mean())
+        bandwidth, alpha, selection = choose(
+            make_kernel, rows, Y[sample], bandwidth=bandwidth, alpha=self.alpha,
+            n_train=n, radial=radial, root_weights=root,
+        )  # fmt: skip
+        kernel = make_kernel(bandwidth)
         if in_memory:  # the whole data are at hand: check them all
             X = data.X if data.rows is None else data.X[data.rows]
             single = bool(np.ptp(X, axis=0).max() == 0)
@@ -607,10 +658,10 @@ class _BaseEigenPro(BaseEstimator):
             single, repeated = len(rows) == n and bool(np.ptp(rows, axis=0).max() == 0), 0
         diagnosis = diagnose(
             kernel, rows, resolve_dtype(self.dtype), single_row=single, repeated=repeated,
-            bandwidth_fixed=self.bandwidth != "auto" or self._gamma_given(),
-            ridge=float(self.alpha),
+            bandwidth_fixed=not isinstance(self.bandwidth, str) or self._gamma_given(),
+            ridge=alpha,
         )  # fmt: skip
-        return kernel, bandwidth, diagnosis
+        return kernel, bandwidth, alpha, selection, diagnosis
 
     def _centers(self, data: HostData, rng: np.random.Generator, np_dtype) -> torch.Tensor:
         """The ``n_centers`` centers on the host, in the training dtype."""
@@ -637,15 +688,22 @@ class _BaseEigenPro(BaseEstimator):
         """True when ``kernel_params`` sets the Gaussian's scale as scikit-learn's gamma."""
         return _is_gaussian(self.kernel) and "gamma" in (self.kernel_params or {})
 
-    def _make_kernel(self, X: np.ndarray, seed: int) -> tuple[Kernel, float]:
-        """The kernel with its bandwidth resolved (``"auto"``: from rows of ``X``)."""
+    def _kernel_factory(self, matrix=None):
+        """``(make_kernel(bandwidth) -> Kernel, whether it has a bandwidth, the bandwidth
+        asked for)``; scikit-learn's ``gamma`` in ``kernel_params`` fixes the Gaussian's."""
+        if matrix is not None:
+            kernel = PrecomputedKernel(torch.from_numpy(matrix))
+            return (lambda bandwidth: kernel), False, None
         bandwidth, params = self.bandwidth, dict(self.kernel_params or {})
         if self._gamma_given():
             bandwidth = _bandwidth_from_gamma(params.pop("gamma"), bandwidth)
-        if bandwidth == "auto":
-            bandwidth = auto_bandwidth(X, random_state=seed)
-        kernel = get_kernel(self.kernel, bandwidth=float(bandwidth), **params)
-        return kernel, float(bandwidth)
+        radial = isinstance(self.kernel, str) and issubclass(
+            KERNELS[self.kernel.lower()], RadialKernel
+        )
+        if not radial:
+            kernel = get_kernel(self.kernel, **params)
+            return (lambda bandwidth: kernel), False, None
+        return (lambda h: get_kernel(self.kernel, bandwidth=float(h), **params)), True, bandwidth
 
     def _warn_if_budget_binds(self, result, n, d, n_out, device, dtype, *, on_data: bool):
         """Warn when ``memory_gb`` shrank the Nystrom subsample, forced plain SGD (q = 0), or
@@ -794,7 +852,8 @@ class _BaseEigenPro(BaseEstimator):
             return np.vstack(chunks)
         coef = self.dual_coef_.reshape(self.centers_.shape[0], -1)
         if isinstance(self.kernel_, str):  # precomputed: X is K(X_test, X_train)
-            return np.asarray(X[:, self.centers_] @ coef.astype(np.float64), dtype=np.float64)
+            out = np.asarray(X[:, self.centers_] @ coef.astype(np.float64), dtype=np.float64)
+            return out + self.intercept_
         device = resolve_device(self.device, fallback=True)
         dtype = torch.float32 if self.dual_coef_.dtype == np.float32 else torch.float64
         centers = _as_tensor(self.centers_, dtype, device)
@@ -810,7 +869,7 @@ class _BaseEigenPro(BaseEstimator):
                 coef,
                 max_block_elements=max_block,
             )
-        return out.cpu().numpy().astype(np.float64)
+        return out.cpu().numpy().astype(np.float64) + self.intercept_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -1078,6 +1137,8 @@ world_size_
     True
     """
 
+    _scales_targets = False
+
     _parameter_constraints: dict = {
         **_BaseEigenPro._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
@@ -1090,16 +1151,18 @@ world_size_
         *,
         bandwidth="auto",
         kernel_params=None,
-        n_epochs=10,
+        n_epochs="auto",
+        tol=1e-4,
         n_components="auto",
         subsample_size="auto",
         batch_size="auto",
         step_size="auto",
         memory_gb="auto",
-        alpha=0.0,
+        alpha="auto",
+        fit_intercept=True,
         early_stopping=False,
         validation_fraction=0.1,
-        n_iter_no_change=5,
+        n_iter_no_change=3,
         n_centers=None,
         inner_params=None,
         device="auto",
@@ -1111,9 +1174,9 @@ world_size_
         probability=False,
     ):
         super().__init__(
-            kernel, bandwidth=bandwidth, kernel_params=kernel_params, n_epochs=n_epochs,
+            kernel, bandwidth=bandwidth, kernel_params=kernel_params, n_epochs=n_epochs, tol=tol,
             n_components=n_components, subsample_size=subsample_size, batch_size=batch_size,
-            step_size=step_size, memory_gb=memory_gb, alpha=alpha,
+            step_size=step_size, memory_gb=memory_gb, alpha=alpha, fit_intercept=fit_intercept,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, n_centers=n_centers, inner_params=inner_params,
             device=device, dtype=dtype, random_state=random_state, verbose=verbose,

@@ -193,6 +193,16 @@ class Projection:
     def extra_parts(self, idx: torch.Tensor, X: torch.Tensor, pred: torch.Tensor) -> list:
         return []
 
+    def prediction_error(self, residual: torch.Tensor, extras: list, targets: torch.Tensor):
+        """``(f(X_B) - Y_B, the batch's share of the ridge penalty per output or None)``
+        from the step's residual (they differ where a ridge term rides on the residual)."""
+        return residual, None
+
+    def epoch_penalty(self, ridge: float) -> torch.Tensor | None:
+        """``ridge coef^T K(Z, Z) coef`` per output at the end of an epoch, where the
+        projection can tell it cheaply (None otherwise)."""
+        return None
+
     def update(self, step: Step) -> None:
         """Apply the step to the model (every projection defines it)."""
         raise NotImplementedError
@@ -230,10 +240,21 @@ class IdentityProjection(Projection):
         self.model, self.basis, self.ridge = model, basis, ridge
 
     def extra_parts(self, idx: torch.Tensor, X: torch.Tensor, pred: torch.Tensor) -> list:
-        if self.ridge:
-            rows, local = self.model.owned(idx)
-            pred[rows] += self.ridge * self.model.coef[local]
-        return []
+        if not self.ridge:
+            return []
+        rows, local = self.model.owned(idx)
+        term = torch.zeros_like(pred)  # ridge coef_B: this rank's rows, summed over ranks
+        term[rows] = self.ridge * self.model.coef[local]
+        pred += term
+        return [term]
+
+    def prediction_error(self, residual, extras, targets):
+        """The residual less the ridge term, and the batch's ``ridge coef_B^T f(X_B)``:
+        summed over an epoch's batches, a running estimate of ``ridge coef^T K coef``."""
+        if not self.ridge:
+            return residual, None
+        error = residual - extras[0]
+        return error, (extras[0] * (error + targets)).sum(dim=0, dtype=torch.float64)
 
     def update(self, step: Step) -> None:
         rows, local = self.model.owned(step.idx)
@@ -277,6 +298,12 @@ class _ValuesProjection(Projection):
     def after_update(self) -> None:
         """Set the coefficients from the values ``b`` (each subclass defines it)."""
         raise NotImplementedError
+
+    def epoch_penalty(self, ridge: float) -> torch.Tensor | None:
+        if not self.ridge_rate:
+            return None
+        local = (self.model.coef * self.target).sum(dim=0, dtype=torch.float64)
+        return ridge * self.model.reduce([local])[0]  # coef^T b, b = K(Z, Z) coef
 
     def state_dict(self) -> dict:
         return {"target": self.target.clone()}
@@ -473,13 +500,22 @@ class DelayedProjection(Projection):
     passes left unprojected, ``h - K(Z, Z) delta``: no step is ever lost, so the fixed point
     is the least-squares fit (dropping that remainder, as a single pass would, stalls far
     from it: 6% from the fit after 150 full-batch epochs, against 3% when it is kept).
+
+    Its steps follow the data's gradient alone: with a ridge, the conjugate-gradient epochs
+    that finish the fit (:mod:`eigenpro.conjugate_gradient`) solve the ridge's normal
+    equations from where SGD left the coefficients (a ridge in the SGD steps would need the
+    preconditioner applied to it too, which takes ``f`` at the subsample after every step).
     """
 
     method = "delayed"
 
-    def __init__(self, model, basis, inner, n_steps: int, batch_size: int, factor=None):
+    def __init__(
+        self, model, basis, inner, n_steps: int, batch_size: int, factor=None,
+        jitter: float = 0.0,
+    ):  # fmt: skip
         self.model, self.basis, self.inner, self.n_steps = model, basis, inner, n_steps
-        self.factor = factor  # a Cholesky factor of K(Z, Z): exact projections
+        self.factor = factor  # a Cholesky factor of K(Z, Z) + jitter I: exact projections
+        self.jitter = jitter
         # T from global sizes (the same on every rank); each rank keeps its share of a batch.
         self.batches_per_projection = max(
             1, int(DELAY_ROWS_PER_CENTER * model.n_centers) // batch_size
@@ -541,6 +577,13 @@ class DelayedProjection(Projection):
     @property
     def settled(self) -> bool:
         return self.pending == 0
+
+    def epoch_penalty(self, ridge: float) -> torch.Tensor | None:
+        if not ridge or self.factor is None:
+            return None
+        coef = self.model.coef
+        quad = (self.factor.T @ coef).pow(2).sum(0, dtype=torch.float64)
+        return ridge * (quad - self.jitter * coef.pow(2).sum(0, dtype=torch.float64))
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone()}  # taken when settled: no temporary centers

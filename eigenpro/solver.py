@@ -64,6 +64,7 @@ from .projections import (
     cholesky_factor,
     local_basis,
 )
+from .stopping import ConvergenceTracker, EpochLoss, ValidationTracker
 from .streaming import HostData
 
 __all__ = [
@@ -312,65 +313,6 @@ class DivergenceGuard:
                 "floor (further halvings are not reported; see history_'s step_size)."
             )
         warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-class EpochLoss:
-    """The running loss of an epoch (mean squared residual over its batches, each measured
-    before its update) and the standard error of that mean, from the spread of the batches'
-    losses. Accumulated on the device; read back only when asked."""
-
-    def __init__(self, device: torch.device):
-        self.total = torch.zeros((), dtype=torch.float64, device=device)
-        self.moments = torch.zeros(2, dtype=torch.float64, device=device)  # sum, sum of squares
-        self.points = 0
-        self.batches = 0
-
-    def add(self, residual: torch.Tensor) -> None:
-        batch = residual.pow(2).sum(dtype=torch.float64)
-        self.total += batch
-        per_point = batch / max(residual.numel(), 1)
-        self.moments += torch.stack([per_point, per_point * per_point])
-        self.points += residual.shape[0]
-        self.batches += 1
-
-    def mean(self, n_outputs: int) -> float:
-        return float(self.total) / max(self.points * n_outputs, 1)
-
-    def stderr(self) -> float:
-        if self.batches < 2:
-            return 0.0
-        first, second = (float(v) / self.batches for v in self.moments)
-        return math.sqrt(max(second - first * first, 0.0) / self.batches)
-
-
-class ValidationTracker:
-    """The best epoch by validation score, and when to stop early.
-
-    Parameters
-    ----------
-    n_iter_no_change : int or None
-        Stop after this many epochs without improvement (None: never).
-    """
-
-    def __init__(self, n_iter_no_change: int | None):
-        self.n_iter_no_change = n_iter_no_change
-        self.best_score, self.best_coef, self.best_epoch, self.stale = -math.inf, None, 0, 0
-
-    def update(self, epoch: int, score: float, coef: torch.Tensor) -> bool:
-        """Record the epoch's score (``coef`` copied when best); True when the fit should stop."""
-        if score > self.best_score:
-            self.best_score, self.best_coef, self.best_epoch = score, coef.clone(), epoch
-            self.stale = 0
-            return False
-        self.stale += 1
-        return self.n_iter_no_change is not None and self.stale >= self.n_iter_no_change
-
-    def snapshot(self) -> tuple:
-        # best_coef is never modified in place: a reference is a snapshot.
-        return self.best_score, self.best_coef, self.best_epoch, self.stale
-
-    def restore(self, snapshot: tuple) -> None:
-        self.best_score, self.best_coef, self.best_epoch, self.stale = snapshot
 
 
 @dataclass
@@ -716,6 +658,8 @@ class _Run:
     average: _EpochAverage | None = None
     finish: ConjugateGradient | None = None  # conjugate-gradient epochs after SGD's
     sgd_epochs: int | None = None
+    ridge: float = 0.0
+    output_weights: torch.Tensor | None = None  # per output, for the training MSE
 
     @property
     def n(self) -> int:
@@ -753,6 +697,8 @@ def fit(
     comm: Communicator | None = None,
     validation: tuple[torch.Tensor, Callable[[torch.Tensor], float]] | None = None,
     n_iter_no_change: int | None = None,
+    tol: float | None = None,
+    output_scale: np.ndarray | None = None,
     callback: Callable[[int, Callable, dict], dict | None] | None = None,
     verbose: int = 0,
     no_exact_fit: str | None = None,
@@ -798,7 +744,14 @@ def fit(
         ``score(predictions) -> float`` (higher is better) after each epoch; the best
         epoch's coefficients are returned.
     n_iter_no_change : int, optional
-        With ``validation``: stop after this many epochs without improvement.
+        With ``validation``: stop after this many epochs without improvement; with ``tol``
+        (and no ``validation``), after this many epochs in a row that lower the training
+        MSE by less than ``tol`` times the zero model's (:mod:`eigenpro.stopping`).
+    tol : float, optional
+        Convergence tolerance (None: run ``n_epochs`` epochs).
+    output_scale : ndarray of shape (l,), optional
+        The targets' scales (:mod:`eigenpro.targets`): ``history``'s ``train_loss`` and
+        ``objective`` are reported in the units of the targets before scaling.
     callback : callable, optional
         ``callback(epoch, predict, record)`` after each epoch (outside its clock), with
         ``predict(X) -> f(X)`` and the epoch's history record so far; a returned dict is
@@ -842,7 +795,14 @@ def fit(
             no_exact_fit = "; ".join(
                 filter(None, [no_exact_fit, "the model has fewer centers than training points"])
             )
-    monitor = _Monitor(validation, n_iter_no_change, callback)
+    if output_scale is not None:
+        scale = torch.as_tensor(np.asarray(output_scale, dtype=np.float64), device=device)
+        run.output_weights = scale.pow(2)
+    zero_mse = float(targets.double().pow(2).mean()) if targets.numel() else 0.0
+    convergence = None
+    if tol is not None and validation is None:
+        convergence = ConvergenceTracker(float(tol), n_iter_no_change or 1, max(zero_mse, 1e-30))
+    monitor = _Monitor(validation, n_iter_no_change, callback, convergence)
     try:
         return _train(run, n_epochs, monitor, no_exact_fit or None, verbose)
     except DivergenceError as exc:
@@ -908,24 +868,31 @@ def _setup_training_points(
     _start_from(model, warm, order)
     return _Run(
         model, IdentityProjection(model, basis, ridge), basis, rows, n_out, m, eta, rng,
-        order, rows.take(final_check_rows(n)), ridge, result,
+        order, rows.take(final_check_rows(n)), ridge, result, ridge=ridge,
     )  # fmt: skip
 
 
-def _choose_method(method, p, itemsize, memory_budget, ridge, comm) -> str:
+def _choose_method(method, p, itemsize, memory_budget, ridge, comm, finishes: bool) -> str:
+    """The projection (``finishes``: a delayed projection would be followed by
+    conjugate-gradient epochs, which take the ridge)."""
     if method == "cholesky" and comm.is_distributed:
         raise ValueError("inner method 'cholesky' cannot shard the centers; use 'delayed'")
-    if method == "delayed" and ridge:
+    exact = _factor_fits(p, itemsize, memory_budget, comm)
+    if method == "delayed" and ridge and not (exact and finishes):
         raise ValueError(
-            "inner method 'delayed' does not support alpha > 0; use 'eigenpro' or 'cholesky'"
+            "inner method 'delayed' takes alpha > 0 only when conjugate-gradient epochs "
+            "finish the fit (fewer centers than points, n_epochs of at least sgd_epochs + "
+            "3, and a Cholesky factor of the centers' kernel within a quarter of memory_gb); "
+            "use 'cholesky' or 'eigenpro'"
         )
     if method != "auto":
         return method
-    if not _factor_fits(p, itemsize, memory_budget, comm):
+    if not exact:
         return "eigenpro"
     # With the exact factor, delaying the projection to every T batches gives the Cholesky
-    # projection's iterates at less cost (MNIST, p = 10000: 14 s per epoch against 29 s).
-    return "cholesky" if ridge else "delayed"
+    # projection's iterates at less cost (MNIST, p = 10000: 14 s per epoch against 29 s),
+    # and its factor preconditions the conjugate-gradient finish.
+    return "cholesky" if ridge and not finishes else "delayed"
 
 
 def _factor_fits(p: int, itemsize: int, memory_budget: int, comm) -> bool:
@@ -959,7 +926,8 @@ def _setup_centers(
     if data.n_features != d:
         raise ValueError(f"data has {data.n_features} features but the centers have {d}")
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    method = _choose_method(inner["method"], p, itemsize, memory_budget, ridge, comm)
+    finishes = p < n and inner["sgd_epochs"] is not None  # CG epochs after a delayed one's
+    method = _choose_method(inner["method"], p, itemsize, memory_budget, ridge, comm, finishes)
     # A factor of K(Z, Z) serves the Cholesky projection, and the delayed one when it fits.
     exact = method == "cholesky" or (
         method == "delayed" and _factor_fits(p, itemsize, memory_budget, comm)
@@ -1011,9 +979,10 @@ def _setup_centers(
     if method == "cholesky":
         projection = CholeskyProjection(model, basis, lift, ridge_rate)
     elif exact:  # delayed, with exact projections; its factor preconditions the CG finish
-        with_cg = p < n and inner["sgd_epochs"] is not None  # the fit leaves residuals
-        factor = cholesky_factor(model, preconditioner_jitter(p) if with_cg else 0.0)[0]
-        projection = DelayedProjection(model, basis, None, 0, m, factor)
+        with_cg = finishes  # the fit leaves residuals
+        relative = preconditioner_jitter(p, ridge / n) if with_cg else 0.0
+        factor, jitter = cholesky_factor(model, relative)
+        projection = DelayedProjection(model, basis, None, 0, m, factor, jitter)
     else:
         inner = {**inner, "method": method, "subsample_size": s_in}
         projection = _inner_projection(
@@ -1027,10 +996,12 @@ def _setup_centers(
     )  # fmt: skip
     _start_from(model, warm, order)
     check = rows.take(final_check_rows(n))
-    finish = ConjugateGradient(model, projection.factor, rows, m) if with_cg else None
+    finish = None
+    if with_cg:
+        finish = ConjugateGradient(model, projection.factor, rows, m, ridge, projection.jitter)
     return _Run(
         model, projection, basis, rows, n_out, m, eta, rng, order, check, 0.0, result,
-        finish=finish, sgd_epochs=inner["sgd_epochs"],
+        finish=finish, sgd_epochs=inner["sgd_epochs"], ridge=ridge,
     )  # fmt: skip
 
 
@@ -1136,19 +1107,28 @@ class _EpochAverage:
 
 
 class _Monitor:
-    """Validation (best epoch, early stopping) and the user's callback after each epoch."""
+    """Validation (best epoch, early stopping), convergence (``tol``) and the user's callback
+    after each epoch."""
 
-    def __init__(self, validation, n_iter_no_change, callback):
-        self.validation, self.callback = validation, callback
+    def __init__(self, validation, n_iter_no_change, callback, convergence=None):
+        self.validation, self.callback, self.convergence = validation, callback, convergence
         self.tracker = ValidationTracker(n_iter_no_change) if validation is not None else None
 
-    def after_epoch(self, epoch: int, record: dict, model: CenterModel) -> bool:
-        """Score the epoch into ``record``; True when the fit should stop."""
+    @property
+    def companions(self) -> list:
+        """What a roll-back restores with the iterate."""
+        return [t for t in (self.tracker, self.convergence) if t is not None]
+
+    def after_epoch(self, epoch: int, record: dict, model: CenterModel, mse: float) -> bool:
+        """Score the epoch into ``record``; True when the fit should stop (``mse``: its
+        training MSE in the solver's units)."""
         stop = False
         if self.tracker is not None:
             X_val, score = self.validation
             record["val_score"] = float(score(model.predict(X_val)))
             stop = self.tracker.update(epoch, record["val_score"], model.coef)
+        if self.convergence is not None:
+            stop = self.convergence.update(mse)
         if self.callback is not None:
             record.update(self.callback(epoch, model.predict, dict(record)) or {})
             stop = stop or bool(record.get("stop"))
@@ -1161,8 +1141,37 @@ class _Monitor:
         return self.tracker.best_coef, self.tracker.best_epoch
 
 
+@dataclass
+class _EpochOutcome:
+    """What one epoch reports: ``loss`` (the running loss the divergence guard judges),
+    whether it ``finished`` without diverging, that loss's standard error, the training MSE
+    in the solver's units (``mse``) and in the targets' (``train_loss``), and the objective
+    (``train_loss`` plus the ridge penalty; None without a ridge or where not measured)."""
+
+    loss: float
+    finished: bool
+    stderr: float = 0.0
+    mse: float = math.nan
+    train_loss: float = math.nan
+    objective: float | None = None
+
+
+def _epoch(run: _Run, epoch: int, eta: float, limit: float, progress: _Progress) -> _EpochOutcome:
+    """One epoch: conjugate gradient after the SGD epochs of a fit that finishes with it,
+    else SGD (the last SGD epoch collecting what the first CG pass needs)."""
+    finish, sgd_epochs = run.finish, run.result.inner.get("sgd_epochs")
+    if finish is not None and epoch > sgd_epochs:
+        mse, objective = finish.epoch(progress.advance)
+        weights = 1.0 if run.output_weights is None else run.output_weights
+        user, objective = float((mse * weights).mean()), float((objective * weights).mean())
+        loss = float(mse.mean())
+        return _EpochOutcome(loss, True, 0.0, loss, user, objective if run.ridge else None)
+    collect = finish.begin_sgd_epoch() if finish and epoch == sgd_epochs else None
+    return _run_epoch(run, eta, limit, progress, collect)
+
+
 def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: int) -> FitResult:
-    """The epoch loop: epochs, divergence roll-backs, plateaus, validation."""
+    """The epoch loop: epochs, divergence roll-backs, plateaus, validation, convergence."""
     model, projection, result = run.model, run.projection, run.result
     Y = run.rows.Y
     zero_loss = max(float(Y.double().pow(2).mean()) if Y.numel() else 0.0, 1e-30)
@@ -1173,8 +1182,7 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
     sgd_epochs = result.inner["sgd_epochs"] = None if finish is None else run.sgd_epochs
     guard = DivergenceGuard(
         [model, projection] + ([finish] if finish else []), reference, no_exact_fit,
-        [monitor.tracker] if monitor.tracker else [],
-        floor=ROUNDOFF_FLOOR[model.dtype] * reference,
+        monitor.companions, floor=ROUNDOFF_FLOOR[model.dtype] * reference,
     )  # fmt: skip
     eta, epoch = check_step_size(run.step_size, run.batch_size, model.dtype), 1
     if no_exact_fit:
@@ -1186,27 +1194,24 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
             guard.start_epoch(epoch)
             start_check = run.check_loss() if epoch == n_epochs else None
             start = time.perf_counter()
-            limit = math.inf if by_iterate else guard.loss_limit
             progress.start_epoch(epoch, n_epochs)
             cg = finish is not None and epoch > sgd_epochs
-            if cg:
-                loss, finished, stderr = finish.epoch(progress.advance), True, 0.0
-            else:
-                collect = finish.begin_sgd_epoch() if finish and epoch == sgd_epochs else None
-                loss, finished, stderr = _run_epoch(run, eta, limit, progress, collect)
-            if finished and run.average is not None and not cg:
+            out = _epoch(run, epoch, eta, math.inf if by_iterate else guard.loss_limit, progress)
+            if out.finished and run.average is not None and not cg:
                 run.average.restart_if_better(run)
             seconds = time.perf_counter() - start
-            judged, noise = loss, stderr
-            if by_iterate and finished:
+            judged, stderr = out.loss, out.stderr
+            if by_iterate and out.finished:
                 judged, stderr = run.check_loss(), 0.0
-            problem = guard.problem(judged, finished, stderr)
-            record = {"epoch": epoch, "train_loss": loss, "val_score": None, "seconds": seconds,
-                      "step_size": None if cg else eta}  # fmt: skip
+            problem = guard.problem(judged, out.finished, stderr)
+            record = {"epoch": epoch, "train_loss": out.train_loss, "val_score": None,
+                      "seconds": seconds, "step_size": None if cg else eta}  # fmt: skip
+            if out.objective is not None:
+                record["objective"] = out.objective
             inner_loss = projection.take_loss()
             if inner_loss is not None:
                 record["inner_loss"] = inner_loss
-            stop = problem is None and monitor.after_epoch(epoch, record, model)
+            stop = problem is None and monitor.after_epoch(epoch, record, model, out.mse)
             if problem is None and (stop or epoch == n_epochs):
                 best = monitor.best
                 final = judged if by_iterate and best is None else run.check_loss(best and best[0])
@@ -1219,8 +1224,9 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
                 del result.history[resume - 1 :]
                 epoch = resume
                 continue
-            plateau = not cg and no_exact_fit and loss > best_running - PLATEAU_SIGNIFICANCE * noise
-            best_running = min(best_running, loss)
+            margin = PLATEAU_SIGNIFICANCE * out.stderr
+            plateau = not cg and no_exact_fit and out.loss > best_running - margin
+            best_running = min(best_running, out.loss)
             guard.accept(epoch, judged, stderr)
             result.history.append(record)
             result.n_epochs = epoch
@@ -1242,13 +1248,12 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
 
 
 def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress, collect=None):
-    """One pass over shuffled batches. Returns (mean batch loss, finished without diverging,
-    standard error of that mean). ``collect(X_B, residual, block)`` sees each batch (for
-    the conjugate-gradient finish)."""
+    """One pass over shuffled batches (an :class:`_EpochOutcome`). ``collect(X_B,
+    residual, block)`` sees each batch (for the conjugate-gradient finish)."""
     model, projection, basis = run.model, run.projection, run.basis
     n, m = run.n, run.batch_size
     batches = np.array_split(run.rng.permutation(n), range(m, n, m))
-    epoch_loss = EpochLoss(model.device)
+    epoch_loss = EpochLoss(model.device, run.n_outputs)
     sync_every = 1 if model.device.type == "cpu" else 32  # a read-back stalls a GPU's queue
     rate = eta / m  # one per-point rate: a short last batch takes a smaller step
     for i, idx in enumerate(batches):
@@ -1265,11 +1270,12 @@ def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress, co
         parts = [pred] + ([] if basis is None else [basis.part(kept)])
         summed = model.reduce(parts + projection.extra_parts(idx, Xb, pred))
         residual = summed[0].sub_(Yb)
-        epoch_loss.add(residual)
+        extras = summed[len(parts) :]
+        epoch_loss.add(residual, *projection.prediction_error(residual, extras, Yb))
         coords = None if basis is None else basis.coordinates(summed[1], residual)
         if collect is not None:
             collect(Xb, residual, block)
-        projection.update(Step(idx, Xb, block, residual, coords, rate, summed[len(parts) :]))
+        projection.update(Step(idx, Xb, block, residual, coords, rate, extras))
         if run.average is not None and projection.settled:
             run.average.add()  # a delayed projection: only right after a projection
         del block, kept
@@ -1277,6 +1283,23 @@ def _run_epoch(run: _Run, eta: float, loss_limit: float, progress: _Progress, co
         if (i + 1) % sync_every == 0 or i + 1 == len(batches):
             running = epoch_loss.mean(run.n_outputs)
             if not running_loss_ok(running, loss_limit, progress, epoch_loss.points / n):
-                return running, False, 0.0
+                return _EpochOutcome(running, False)
     projection.flush()
-    return epoch_loss.mean(run.n_outputs), True, epoch_loss.stderr()
+    return _outcome(run, epoch_loss)
+
+
+def _outcome(run: _Run, epoch_loss: EpochLoss) -> _EpochOutcome:
+    """A finished SGD epoch's losses; the ridge penalty from the projection, where it
+    measures it at the epoch's end."""
+    if run.ridge:
+        penalty = run.projection.epoch_penalty(run.ridge)
+        if penalty is not None:
+            epoch_loss.add_penalty(penalty * epoch_loss.points / max(run.n, 1))
+    weights = epoch_loss.output_weights
+    epoch_loss.output_weights = run.output_weights
+    user_mse, objective = epoch_loss.mse(), epoch_loss.objective()
+    epoch_loss.output_weights = weights
+    return _EpochOutcome(
+        epoch_loss.mean(run.n_outputs), True, epoch_loss.stderr(), epoch_loss.mse(), user_mse,
+        objective if run.ridge else None,
+    )  # fmt: skip

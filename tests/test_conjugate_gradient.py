@@ -29,13 +29,19 @@ def _problem(n=300, p=25, seed=0):
     return X, Y, Z, get_kernel("gaussian", bandwidth=1.0)
 
 
-def _solver(X, Y, Z, kernel, jitter, batch_size=64, max_block_elements=2**20):
+def _solver(X, Y, Z, kernel, jitter, batch_size=64, max_block_elements=2**20, ridge=0.0):
     model = CenterModel(
         kernel, Z, Y.shape[1], n_centers=len(Z), lo=0, comm=Communicator(),
         max_block_elements=max_block_elements,
     )  # fmt: skip
     kmat = kernel(Z, Z) + jitter * torch.eye(len(Z), dtype=Z.dtype)
-    return model, ConjugateGradient(model, torch.linalg.cholesky(kmat), _Rows(X, Y), batch_size)
+    factor = torch.linalg.cholesky(kmat)
+    return model, ConjugateGradient(model, factor, _Rows(X, Y), batch_size, ridge, jitter)
+
+
+def _loss(cg) -> float:
+    """One pass; the mean squared training residual it reports (over the outputs)."""
+    return float(cg.epoch()[0].mean())
 
 
 @pytest.mark.parametrize("jitter", [1e-10, 1e-2])
@@ -47,12 +53,30 @@ def test_reaches_the_least_squares_coefficients_in_at_most_p_iterations(jitter):
     model, cg = _solver(X, Y, Z, kernel, jitter)
     kxz = kernel(X, Z)
     exact = torch.linalg.lstsq(kxz, Y, driver="gelsd").solution
-    losses = [cg.epoch() for _ in range(len(Z) + 5)]
+    losses = [_loss(cg) for _ in range(len(Z) + 5)]
     np.testing.assert_allclose((kxz @ model.coef).numpy(), (kxz @ exact).numpy(), atol=1e-6)
     assert losses[0] == pytest.approx(float(Y.pow(2).mean()), rel=1e-12)  # the residual pass
     # each pass reports the exact loss of its coefficients, which never rises
     assert losses[-1] == pytest.approx(float((kxz @ model.coef - Y).pow(2).mean()), rel=1e-9)
     assert all(b <= a * (1 + 1e-12) for a, b in zip(losses, losses[1:], strict=False))
+
+
+@pytest.mark.parametrize("ridge", [0.3, 10.0])
+def test_with_a_ridge_reaches_the_solution_of_its_normal_equations(ridge):
+    """``(K(Z, X) K(X, Z) + ridge K(Z, Z)) c = K(Z, X) Y``: the fit and the objective each
+    pass reports (training MSE plus ``ridge c^T K(Z, Z) c`` per row), against a direct solve."""
+    X, Y, Z, kernel = _problem(seed=4)
+    model, cg = _solver(X, Y, Z, kernel, 1e-3, ridge=ridge)
+    kxz, kzz = kernel(X, Z), kernel(Z, Z)
+    exact = torch.linalg.solve(kxz.T @ kxz + ridge * kzz, kxz.T @ Y)
+    for _ in range(2 * len(Z)):  # p passes in exact arithmetic; round-off takes a few more
+        mse, objective = cg.epoch()
+    np.testing.assert_allclose((kxz @ model.coef).numpy(), (kxz @ exact).numpy(), atol=1e-7)
+    c = model.coef
+    true_mse = (kxz @ c - Y).pow(2).mean(0)
+    true_objective = true_mse + ridge * (c * (kzz @ c)).sum(0) / len(X)
+    np.testing.assert_allclose(mse.numpy(), true_mse.numpy(), rtol=1e-8)
+    np.testing.assert_allclose(objective.numpy(), true_objective.numpy(), rtol=1e-8)
 
 
 def test_a_restart_continues_from_the_current_coefficients():
@@ -61,13 +85,13 @@ def test_a_restart_continues_from_the_current_coefficients():
     X, Y, Z, kernel = _problem(seed=1)
     model, cg = _solver(X, Y, Z, kernel, 1e-3)
     for _ in range(3):
-        cg.epoch()
+        _loss(cg)
     saved = model.state_dict()
-    cg.epoch()
+    _loss(cg)
     model.load_state_dict(saved)
     cg.load_state_dict(cg.state_dict())
     before = model.coef.clone()
-    loss = cg.epoch()
+    loss = _loss(cg)
     assert torch.equal(model.coef, before)
     assert loss == pytest.approx(float((kernel(X, Z) @ before - Y).pow(2).mean()), rel=1e-12)
 
@@ -119,7 +143,7 @@ def test_the_first_pass_after_sgd_steps_in_the_best_point_of_its_span():
         model.coef -= kxz[idx].T @ residual / (len(idx) * len(Z))
     sgd_end = model.coef.clone()
     before = float((kxz @ sgd_end - Y).pow(2).mean())
-    loss = cg.epoch()
+    loss = _loss(cg)
     after = float((kxz @ model.coef - Y).pow(2).mean())
     assert loss == pytest.approx(after, rel=1e-9) and after < 0.9 * before
     preconditioned = torch.cholesky_solve(torch.cholesky_solve(gradient, cg.factor), cg.factor)
@@ -138,6 +162,6 @@ def test_kernel_blocks_too_large_to_hold_give_the_same_passes():
     for max_block in (2**20, 1000):  # 64 x 25 = 1600 entries per batch: held, then not
         model, cg = _solver(X, Y, Z, kernel, 1e-3, max_block_elements=max_block)
         assert (model.block(X[:64]) is None) == (max_block == 1000)
-        runs.append(([cg.epoch() for _ in range(6)], model.coef.clone()))
+        runs.append(([_loss(cg) for _ in range(6)], model.coef.clone()))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-10)
     np.testing.assert_allclose(runs[0][1].numpy(), runs[1][1].numpy(), rtol=1e-8, atol=1e-10)

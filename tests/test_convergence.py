@@ -32,8 +32,9 @@ def test_converges_to_the_exact_interpolant(kernel, bandwidth, epochs):
     reference = (k(torch.tensor(X_test), Xt) @ coef).numpy()
 
     model = EigenProRegressor(
-        kernel=kernel, bandwidth=bandwidth, n_epochs=epochs, dtype="float64", random_state=0
-    )
+        kernel=kernel, bandwidth=bandwidth, n_epochs=epochs, dtype="float64", random_state=0,
+        alpha=0.0, fit_intercept=False, tol=None,
+    )  # fmt: skip
     model.fit(X, y)
     assert model.n_components_ > 0
     assert _rel_err(model.predict(X_test), reference) < 1e-2
@@ -43,15 +44,22 @@ def test_converges_to_the_exact_interpolant(kernel, bandwidth, epochs):
 
 
 @pytest.mark.parametrize("alpha, epochs", [(0.1, 60), (1.0, 20)])
-def test_ridge_converges_to_kernel_ridge(alpha, epochs):
+@pytest.mark.parametrize("fit_intercept", [False, True])
+def test_ridge_converges_to_kernel_ridge(alpha, epochs, fit_intercept):
+    """Without an intercept, KernelRidge's solution; with one (the default), KernelRidge's
+    on the centred targets, plus their mean."""
     X, y, X_test = _synthetic(seed=1)
+    y = y + 7.0  # an offset the intercept must take
     bandwidth = 1.5
-    reference = KernelRidge(alpha=alpha, kernel="rbf", gamma=1 / (2 * bandwidth**2)).fit(X, y)
+    offset = y.mean() if fit_intercept else 0.0
+    reference = KernelRidge(alpha=alpha, kernel="rbf", gamma=1 / (2 * bandwidth**2))
+    reference.fit(X, y - offset)
     model = EigenProRegressor(
-        bandwidth=bandwidth, alpha=alpha, n_epochs=epochs, dtype="float64", random_state=0
-    )
-    model.fit(X, y)
-    assert _rel_err(model.predict(X_test), reference.predict(X_test)) < 1e-2
+        bandwidth=bandwidth, alpha=alpha, n_epochs=epochs, tol=None, dtype="float64",
+        random_state=0, fit_intercept=fit_intercept,
+    ).fit(X, y)  # fmt: skip
+    assert model.intercept_ == pytest.approx(offset, abs=1e-12)
+    assert _rel_err(model.predict(X_test), reference.predict(X_test) + offset) < 1e-2
     assert _rel_err(model.dual_coef_, reference.dual_coef_) < 1e-2
 
 
@@ -102,7 +110,7 @@ def test_rbf_gamma_carries_a_kernel_ridge_setting_over():
     reference = KernelRidge(alpha=alpha, kernel="rbf", gamma=gamma).fit(X, y)
     model = EigenProRegressor(
         kernel="rbf", kernel_params={"gamma": gamma}, alpha=alpha, n_epochs=60, dtype="float64",
-        random_state=0,
+        random_state=0, fit_intercept=False, tol=None,
     ).fit(X, y)  # fmt: skip
     assert model.bandwidth_ == pytest.approx(1 / np.sqrt(2 * gamma))
     assert _rel_err(model.predict(X_test), reference.predict(X_test)) < 1e-2

@@ -31,9 +31,13 @@ def test_precomputed_converges_to_kernel_ridge_precomputed(kernel_data):
     X, y, X_test, K, K_test = kernel_data
     w = np.random.default_rng(1).exponential(size=len(y))
     for weights in (None, w):
-        reference = KernelRidge(kernel="precomputed", alpha=ALPHA).fit(K, y, sample_weight=weights)
-        model = _model(n_epochs=200).fit(K, y, sample_weight=weights)
-        np.testing.assert_allclose(model.predict(K_test), reference.predict(K_test), atol=1e-9)
+        offset = np.average(y, weights=weights)  # the intercept: the weighted mean
+        reference = KernelRidge(kernel="precomputed", alpha=ALPHA)
+        reference.fit(K, y - offset, sample_weight=weights)
+        model = _model(n_epochs=200, tol=None).fit(K, y, sample_weight=weights)
+        assert model.intercept_ == pytest.approx(offset, rel=1e-12)
+        expected = reference.predict(K_test) + offset
+        np.testing.assert_allclose(model.predict(K_test), expected, atol=1e-9)
     assert model.centers_.dtype == np.int64 and model.kernel_ == "precomputed"
 
 
@@ -96,7 +100,7 @@ def test_streamed_sparse_data_are_densified_batch_by_batch(sparse_data, monkeypa
     # the bounded row samples (bandwidth, warm-start fingerprint, step calibration, final
     # check), all fewer than n here: no densified block may then reach n rows
     for module, name in [
-        (estimators, "BANDWIDTH_SAMPLE"), (estimators, "FINGERPRINT_ROWS"),
+        (estimators, "SELECTION_ROWS"), (estimators, "FINGERPRINT_ROWS"),
         (solver, "CALIBRATION_SAMPLE"), (solver, "FINAL_CHECK_ROWS"),
     ]:  # fmt: skip
         monkeypatch.setattr(module, name, 100)

@@ -14,6 +14,8 @@ from eigenpro.kernels import ScaledKernel, get_kernel, kernel_matmul
 
 BANDWIDTH = 0.8
 ALPHA = 1e-2
+#: KernelRidge's problem: no intercept, and the epochs asked for.
+PLAIN = dict(fit_intercept=False, tol=None)
 
 
 def _ridge(**kw):
@@ -53,7 +55,7 @@ def test_weighted_fit_converges_to_weighted_kernel_ridge(weighted_data):
     X, y, w = weighted_data
     reference = _ridge().fit(X, y, sample_weight=w)
     model = EigenProRegressor(
-        bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=300, dtype="float64", random_state=0
+        bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=300, dtype="float64", random_state=0, **PLAIN
     ).fit(X, y, sample_weight=w)
     np.testing.assert_allclose(model.predict(X), reference.predict(X), atol=1e-8)
     np.testing.assert_allclose(model.dual_coef_, reference.dual_coef_, atol=1e-6)
@@ -64,7 +66,7 @@ def test_zero_weights_behave_like_removed_rows(weighted_data):
     X, y, w = weighted_data
     kept = w > 0
     model = EigenProRegressor(
-        bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=300, dtype="float64", random_state=0
+        bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=300, dtype="float64", random_state=0, **PLAIN
     )
     with_zeros = model.fit(X, y, sample_weight=w).predict(X)
     removed = model.fit(X[kept], y[kept], sample_weight=w[kept]).predict(X)
@@ -75,7 +77,7 @@ def test_integer_weights_equal_repeated_rows_at_convergence(weighted_data):
     X, y, _ = weighted_data
     counts = np.random.default_rng(1).integers(0, 4, size=len(X))
     model = EigenProRegressor(
-        bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=300, dtype="float64", random_state=0
+        bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=300, dtype="float64", random_state=0, **PLAIN
     )
     weighted = model.fit(X, y, sample_weight=counts).predict(X)
     repeated = model.fit(np.repeat(X, counts, axis=0), np.repeat(y, counts)).predict(X)
@@ -90,7 +92,9 @@ def test_large_weights_do_not_diverge_in_float32(weighted_data):
     w[50:55] = 1e4
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a roll-back warns
-        model = EigenProRegressor(bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=30, random_state=0)
+        model = EigenProRegressor(
+            bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=30, random_state=0, **PLAIN
+        )
         model.fit(X, y, sample_weight=w)
     reference = _ridge().fit(X, y, sample_weight=w).predict(X)
     assert np.isfinite(model.predict(X)).all()
@@ -106,7 +110,10 @@ def test_weights_on_general_centers_reach_the_weighted_least_squares_fit():
     w = rng.uniform(0.5, 2.0, size=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        clf = EigenProClassifier(n_centers=500, n_epochs=40, dtype="float64", random_state=0)
+        clf = EigenProClassifier(
+            n_centers=500, n_epochs=40, dtype="float64", random_state=0, alpha=0.0,
+            bandwidth="median", **PLAIN,
+        )  # fmt: skip
         clf.fit(X, labels, sample_weight=w)
     Y = np.eye(20)[labels]
     kernel = get_kernel("gaussian", bandwidth=clf.bandwidth_)
@@ -168,7 +175,7 @@ def test_balanced_class_weight_is_kernel_ridge_with_balanced_weights(imbalanced)
     weights = compute_sample_weight("balanced", y)
     clf = EigenProClassifier(
         bandwidth=BANDWIDTH, alpha=ALPHA, n_epochs=300, dtype="float64", random_state=0,
-        class_weight="balanced",
+        class_weight="balanced", **PLAIN,
     ).fit(X, y)  # fmt: skip
     targets = np.where(y == clf.classes_[1], 1.0, -1.0)
     reference = _ridge().fit(X, targets, sample_weight=weights)
