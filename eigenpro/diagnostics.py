@@ -7,8 +7,9 @@ They catch inputs on which a fit would otherwise be silently poor or misreport i
   spread). The training loss then has a floor above zero, and the solver is told so, so that
   its warnings say it rather than blaming divergence;
 * **scales the dtype cannot resolve**: points so many bandwidths from their mean that float32
-  distances lose their precision, or a bandwidth so small that the kernel between any two
-  distinct points underflows to 0;
+  distances lose their precision (a warning; a ``ValueError`` once the round-off reaches a
+  squared bandwidth, where even ``k(x, x)`` is wrong), or a bandwidth so small that the
+  kernel between any two distinct points underflows to 0;
 * **overflow**: points so far out (in bandwidth units) that squared distances are not finite
   in the training dtype (a clear ``ValueError`` instead of NaN).
 
@@ -36,6 +37,10 @@ NEIGHBOUR_REFERENCES = 10000
 #: Largest relative round-off of squared distances, ``eps * extent^2``, accepted without a
 #: warning (kernel values then carry about this relative error).
 DISTANCE_PRECISION = 1e-2
+#: ... and beyond this (a round-off of a squared bandwidth), the kernel of a point with
+#: itself is not resolved: a ``ValueError`` (bandwidth 1e-12 on standardised data predicted
+#: 0 at 10% of the training points).
+DISTANCE_ROUNDOFF_LIMIT = 1.0
 
 
 @dataclass
@@ -160,6 +165,15 @@ def _check_radial(kernel, X, dtype, bandwidth_fixed, ridge, out) -> None:
             f"the training points lie up to {math.sqrt(extent_sq):.3g} bandwidths from their "
             f"mean (bandwidth={h:.3g}): squared distances overflow {name}. Use a larger "
             "bandwidth (e.g. 'auto') or rescale the features."
+        )
+    if finfo.eps * extent_sq > DISTANCE_ROUNDOFF_LIMIT:
+        raise ValueError(
+            f"bandwidth={h:.3g} is too small for these data in {name}: the training points "
+            f"lie up to {math.sqrt(extent_sq):.3g} bandwidths from their mean, so squared "
+            f"distances carry a round-off of about {finfo.eps * extent_sq:.1g} squared "
+            "bandwidths and even k(x, x) comes out wrong (the model would predict the "
+            "intercept at training points). Use a larger bandwidth (e.g. 'auto'), or "
+            "rescale the features."
         )
     if finfo.eps * extent_sq > DISTANCE_PRECISION:
         warnings.warn(

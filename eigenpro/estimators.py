@@ -24,7 +24,6 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import (
     _check_feature_names,
@@ -49,7 +48,7 @@ from .kernels import (
     ScaledKernel,
     get_kernel,
 )
-from .model_selection import SELECTION_ROWS, choose, median_distance
+from .model_selection import MIN_SELECTION_ROWS, SELECTION_ROWS, choose, median_distance
 from .preconditioner import (
     PRECISION_FLOOR,
     default_max_components,
@@ -63,6 +62,9 @@ from .targets import TargetScaler
 
 __all__ = ["EigenProRegressor", "EigenProClassifier", "auto_bandwidth"]
 
+#: A leave-one-out R^2 below this warns that the model predicts held-out rows worse than the
+#: targets' mean (a little below 0 is the mean itself, measured with noise).
+NO_SKILL = -0.01
 #: Epochs at most with ``n_epochs="auto"``; the fit stops earlier when the training loss
 #: converges (``tol``).
 MAX_AUTO_EPOCHS = 100
@@ -121,6 +123,28 @@ def _atomic_fit(estimator: BaseEstimator):
             delattr(estimator, name)
         vars(estimator).update(previous)
         raise
+
+
+def _warn_if_no_better_than_the_mean(selection, searched: bool) -> None:
+    """A model whose held-out (leave-one-out) predictions are worse than the targets' mean
+    would score R^2 < 0 on new data: say so, rather than return it silently."""
+    score = selection.best_score
+    if not score < NO_SKILL:
+        return
+    what = "any bandwidth and ridge searched" if searched else "the given bandwidth and ridge"
+    warnings.warn(
+        f"with {what}, the kernel model predicts held-out rows of a {selection.n_rows}-row "
+        f"subsample worse than the targets' mean (leave-one-out R^2 = {score:.3g}): the "
+        "features may not predict the target, or need rescaling (a StandardScaler in a "
+        "Pipeline), or another kernel",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
+def _arguments(frame_locals: dict) -> dict:
+    """An ``__init__``'s arguments, from its ``locals()``."""
+    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
 
 
 def _is_fitted_attribute(name: str) -> bool:
@@ -304,54 +328,10 @@ class _BaseEigenPro(BaseEstimator):
         "warm_start": ["boolean"],
     }
 
-    def __init__(
-        self,
-        kernel="gaussian",
-        *,
-        bandwidth="auto",
-        kernel_params=None,
-        n_epochs="auto",
-        tol=1e-4,
-        n_components="auto",
-        subsample_size="auto",
-        batch_size="auto",
-        step_size="auto",
-        memory_gb="auto",
-        alpha="auto",
-        fit_intercept=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        n_iter_no_change=3,
-        n_centers=None,
-        inner_params=None,
-        device="auto",
-        dtype="float32",
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.kernel = kernel
-        self.bandwidth = bandwidth
-        self.kernel_params = kernel_params
-        self.n_epochs = n_epochs
-        self.tol = tol
-        self.n_components = n_components
-        self.subsample_size = subsample_size
-        self.batch_size = batch_size
-        self.step_size = step_size
-        self.memory_gb = memory_gb
-        self.alpha = alpha
-        self.fit_intercept = fit_intercept
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.n_centers = n_centers
-        self.inner_params = inner_params
-        self.device = device
-        self.dtype = dtype
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    def __init__(self, **params):
+        """Store the parameters as given (each public class spells out its signature, which
+        scikit-learn reads, and names itself in errors about unknown keywords)."""
+        vars(self).update(params)
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
@@ -462,7 +442,9 @@ class _BaseEigenPro(BaseEstimator):
         across the ranks (every rank must call ``fit`` with the same data).
         ``sample_weight``: validated non-negative weights, or None. ``previous``: the
         ``_warm_state_`` of the fit a warm start continues, used when the problem is the same.
-        Returns the positions of the rows held out for early stopping (None without).
+        Returns the positions of the rows held out for early stopping (None without) and
+        ``(rows, outputs)``: the leave-one-out outputs of the model selection's subsample
+        (:mod:`eigenpro.model_selection`), in the targets' units, or None.
         """
         comm = get_communicator()
         device = resolve_device(self.device)
@@ -497,7 +479,7 @@ class _BaseEigenPro(BaseEstimator):
         scaler = self._target_scaler(Y, sample_weight)
         Y = scaler.transform(Y)
         kernel, bandwidth, alpha, selection, diagnosis = self._kernel_and_diagnosis(
-            data, Y, seed, in_memory, matrix, sample_weight
+            data, Y, seed, in_memory, matrix, sample_weight, held_out=val_pos is None
         )
         centers = None if self.n_centers is None else self._centers(data, rng, np_dtype)
         if previous is not None and centers is not None:
@@ -563,7 +545,10 @@ class _BaseEigenPro(BaseEstimator):
             "warm": result.warm, "centers": centers.numpy(), "history": self.history_,
             "n_iter": self.n_iter_, "best_epoch": self.best_epoch_, "dual_coef": self.dual_coef_,
         }  # fmt: skip
-        return val_pos
+        loo = None
+        if selection is not None and selection.loo_predictions is not None:
+            loo = (selection.rows, scaler.inverse_transform(selection.loo_predictions))
+        return val_pos, loo
 
     def _target_scaler(self, Y: np.ndarray, sample_weight) -> TargetScaler:
         """The intercept (``fit_intercept``) and scale of the solver's targets
@@ -573,6 +558,9 @@ class _BaseEigenPro(BaseEstimator):
         )
 
     _scales_targets = True
+    #: Whether held-out outputs of the selection's subsample are wanted (the classifier's
+    #: probabilities), even when nothing is searched.
+    _calibrates_on_selection = False
 
     def _problem(self) -> dict:
         """The parameters that define the problem a warm start continues (callables by
@@ -629,7 +617,7 @@ class _BaseEigenPro(BaseEstimator):
 
     def _kernel_and_diagnosis(
         self, data: HostData, Y: np.ndarray, seed: int, in_memory: bool, matrix=None,
-        sample_weight=None,
+        sample_weight=None, held_out: bool = False,
     ):  # fmt: skip
         """The kernel and the ridge (``"auto"`` ones chosen on a sample of rows by
         :func:`~eigenpro.model_selection.choose`; ``matrix``: the precomputed kernel
@@ -647,7 +635,11 @@ class _BaseEigenPro(BaseEstimator):
         bandwidth, alpha, selection = choose(
             make_kernel, rows, Y[sample], bandwidth=bandwidth, alpha=self.alpha,
             n_train=n, radial=radial, root_weights=root,
+            score_given=held_out and self._calibrates_on_selection,
         )  # fmt: skip
+        if selection is not None:
+            selection.rows = sample
+            _warn_if_no_better_than_the_mean(selection, self._searched())
         kernel = make_kernel(bandwidth)
         if in_memory:  # the whole data are at hand: check them all
             X = data.X if data.rows is None else data.X[data.rows]
@@ -687,6 +679,10 @@ class _BaseEigenPro(BaseEstimator):
     def _gamma_given(self) -> bool:
         """True when ``kernel_params`` sets the Gaussian's scale as scikit-learn's gamma."""
         return _is_gaussian(self.kernel) and "gamma" in (self.kernel_params or {})
+
+    def _searched(self) -> bool:
+        """Whether the bandwidth or the ridge is chosen from the data."""
+        return self.alpha == "auto" or (self.bandwidth == "auto" and not self._gamma_given())
 
     def _kernel_factory(self, matrix=None):
         """``(make_kernel(bandwidth) -> Kernel, whether it has a bandwidth, the bandwidth
@@ -1022,6 +1018,34 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
     True
     """
 
+    def __init__(
+        self,
+        kernel="gaussian",
+        *,
+        bandwidth="auto",
+        kernel_params=None,
+        n_epochs="auto",
+        tol=1e-4,
+        n_components="auto",
+        subsample_size="auto",
+        batch_size="auto",
+        step_size="auto",
+        memory_gb="auto",
+        alpha="auto",
+        fit_intercept=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        n_centers=None,
+        inner_params=None,
+        device="auto",
+        dtype="float32",
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        super().__init__(**_arguments(locals()))
+
     def fit(self, X, y, sample_weight=None, eval_set=None):
         """Fit the model.
 
@@ -1138,6 +1162,7 @@ world_size_
     """
 
     _scales_targets = False
+    _calibrates_on_selection = True
 
     _parameter_constraints: dict = {
         **_BaseEigenPro._parameter_constraints,
@@ -1173,17 +1198,7 @@ world_size_
         class_weight=None,
         probability=False,
     ):
-        super().__init__(
-            kernel, bandwidth=bandwidth, kernel_params=kernel_params, n_epochs=n_epochs, tol=tol,
-            n_components=n_components, subsample_size=subsample_size, batch_size=batch_size,
-            step_size=step_size, memory_gb=memory_gb, alpha=alpha, fit_intercept=fit_intercept,
-            early_stopping=early_stopping, validation_fraction=validation_fraction,
-            n_iter_no_change=n_iter_no_change, n_centers=n_centers, inner_params=inner_params,
-            device=device, dtype=dtype, random_state=random_state, verbose=verbose,
-            warm_start=warm_start,
-        )  # fmt: skip
-        self.class_weight = class_weight
-        self.probability = probability
+        super().__init__(**_arguments(locals()))
 
     def fit(self, X, y, sample_weight=None, eval_set=None):
         """Fit the classifier.
@@ -1250,7 +1265,7 @@ world_size_
             return lambda pred: accuracy_score(y_eval.ravel(), classes[labels(pred).astype(int)])
 
         evals = self._eval_sets(eval_set, make_scorer, numeric=False)
-        val_pos = self._fit_targets(
+        val_pos, loo = self._fit_targets(
             X, Y, score=accuracy, stratify=stratify, eval_scorers=evals,
             sample_weight=sample_weight, previous=previous,
         )  # fmt: skip
@@ -1260,6 +1275,8 @@ world_size_
             outputs = self._outputs(_rows(X, val_pos))
         elif self.probability:
             val_pos, outputs = self._held_out_outputs(X, Y, sample_weight, stratify)
+        elif loo is not None:  # each subsample row predicted by a fit without it
+            val_pos, outputs = loo
         if val_pos is not None:
             weights = None if sample_weight is None else sample_weight[val_pos]
             self.temperature_ = fit_temperature(outputs, encoded[val_pos], weights)
@@ -1273,23 +1290,21 @@ world_size_
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         train_pos, val_pos = _held_out_split(n, self.validation_fraction, seed, stratify)
         helper = clone(self).set_params(
-            n_epochs=self.n_iter_, warm_start=False, verbose=0, probability=False
+            n_epochs=self.n_iter_,
+            tol=None,
+            warm_start=False,
+            verbose=0,
+            probability=False,
+            alpha=self.alpha_,
         )
+        if self.bandwidth_ is not None and not self._gamma_given():
+            helper.set_params(bandwidth=self.bandwidth_)
         helper._fit_targets(
             X[train_pos] if isinstance(X, np.ndarray) else X.subset(train_pos), Y[train_pos],
             score=None, sample_weight=None if sample_weight is None else sample_weight[train_pos],
         )  # fmt: skip
         return val_pos, helper._outputs(_rows(X, val_pos))
 
-    def _check_proba(self) -> bool:
-        if not (self.probability or self.early_stopping):
-            raise AttributeError(
-                "predict_proba needs held-out data to calibrate on: set probability=True "
-                "(one more fit, on 1 - validation_fraction of the data) or early_stopping=True"
-            )
-        return True
-
-    @available_if(_check_proba)
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities: ``softmax(outputs / temperature_)``.
 
@@ -1309,14 +1324,15 @@ world_size_
         """
         return np.exp(self.predict_log_proba(X))
 
-    @available_if(_check_proba)
     def predict_log_proba(self, X) -> np.ndarray:
         """Logarithm of :meth:`predict_proba`."""
         outputs = self._raw_predict(X)
         if self.temperature_ is None:
             raise NotFittedError(
-                "this model was fitted without probability=True or early_stopping=True: fit "
-                "it again to use predict_proba"
+                "this model has no held-out outputs to calibrate its probabilities on (a "
+                "subsample of fewer than "
+                f"{MIN_SELECTION_ROWS} rows): fit it with probability=True or "
+                "early_stopping=True to use predict_proba"
             )
         return log_probabilities(outputs, self.temperature_)
 

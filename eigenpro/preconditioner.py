@@ -41,6 +41,9 @@ EIGENVALUE_FLOOR = 1e-12
 #: training dtype. The step grows like ``1 / lambda_{q+1}``, and so does the round-off of the
 #: residual it multiplies: in float32 a ratio near 1e-7 (its epsilon) diverges.
 PRECISION_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10}
+#: Spread of the spectrum (``1 - lambda_1 / mean k(x, x)``) below which the precision floor
+#: rises (:func:`precision_floor`).
+SPREAD_REFERENCE = 0.1
 #: Number of extra points, outside the subsample, on which beta and the preconditioned
 #: operator's top eigenvalue are measured.
 BETA_PROBES = 2000
@@ -52,6 +55,19 @@ MIN_CALIBRATION_PROBES = 50
 CALIBRATION_PROBES = 1000
 #: Columns per chunk when the preconditioned diagonals are accumulated (bounds memory).
 DIAGONAL_CHUNK = 256
+
+
+def precision_floor(dtype: torch.dtype, top: float, mean_diagonal: float) -> float:
+    """The smallest ``lambda_{q+1} / lambda_1`` the dtype resolves on this kernel:
+    :data:`PRECISION_FLOOR`, raised where the kernel is nearly constant on the data.
+
+    Kernel values near 1 (a bandwidth far above the data's spread) carry the part that
+    tells points apart, ``1 - lambda_1 / mean k(x, x)`` of the trace, in that many fewer
+    significant digits: at a spread of 0.009 (a Gaussian 8 median distances wide) float32
+    fits flattened to 1e-5 rolled back twice. Below a spread of :data:`SPREAD_REFERENCE`
+    the floor grows as its inverse."""
+    spread = 1.0 - top / mean_diagonal if mean_diagonal > 0 else 1.0
+    return PRECISION_FLOOR[dtype] * max(1.0, SPREAD_REFERENCE / max(spread, 1e-12))
 
 
 def default_subsample_size(n_centers: int) -> int:
@@ -253,7 +269,9 @@ def preconditioned_top_eigenvalue(
     return float(top_eigensystem(matrix, 1, method="exact").eigenvalues[0])
 
 
-def _check_components(q: int, s: int, valid: int, precise: int, ratio: float, dtype) -> None:
+def _check_components(
+    q: int, s: int, valid: int, precise: int, ratio: float, dtype, floor: float
+) -> None:
     """Reject a requested q beyond the numerically positive eigenvalues (``valid``); warn
     when it flattens below what ``dtype`` resolves (``precise``; ``ratio``:
     ``lambda_{q+1} / lambda_1``) or beyond a quarter of the subsample."""
@@ -266,7 +284,7 @@ def _check_components(q: int, s: int, valid: int, precise: int, ratio: float, dt
         warnings.warn(
             f"n_components={q} flattens the spectrum to lambda_{{q+1}}/lambda_1 = "
             f"{ratio:.1e}, below what {dtype} resolves reliably "
-            f"({PRECISION_FLOOR[dtype]:.0e}); the fit may diverge. Use fewer components or "
+            f"({floor:.0e} on this kernel); the fit may diverge. Use fewer components or "
             "dtype='float64'.",
             RuntimeWarning,
             stacklevel=4,
@@ -359,17 +377,19 @@ def build_preconditioner(
             "the kernel matrix of the subsample has no positive eigenvalue; the kernel is not "
             "positive definite on this data (check the kernel and its bandwidth)"
         )
+    mean_diagonal = float(kernel.diag(X_sub.to(torch.float64)).mean())
     lam = raw + ridge / n_train
     valid = int((raw > EIGENVALUE_FLOOR * raw[0]).sum())  # eigenvalues usable as lambda_{q+1}
     betas = _preconditioned_diagonals(kernel, X_sub, X_probe, lam, eig.eigenvectors) + ridge
     betas = torch.maximum(betas, lam)  # k_P(x, x) >= lambda_{q+1} always holds in exact arithmetic
 
-    precise = int((raw > PRECISION_FLOOR[dtype] * raw[0]).sum())
+    floor = precision_floor(dtype, float(raw[0]), mean_diagonal)
+    precise = int((raw > floor * raw[0]).sum())
     critical = (betas / lam)[: max(1, precise)]  # critical batch size of each usable q
     if n_components == "auto":
         q = auto_components(critical, max_batch_size)
     else:
-        _check_components(q, s, valid, precise, float(raw[q] / raw[0]), dtype)
+        _check_components(q, s, valid, precise, float(raw[q] / raw[0]), dtype, floor)
 
     vecs = eig.eigenvectors[:, :q] / math.sqrt(s)
     top = lam[:q]

@@ -86,9 +86,12 @@ DIVERGENCE_FACTOR = 2.0
 #: ... but growth below this fraction of the zero model's loss is read as noise, not divergence.
 NOISE_FLOOR = 1e-3
 #: Epoch losses below this fraction of the zero model's are round-off: a converged fit's loss
-#: wanders there (float64 KernelRidge-like fits: 1e-27 to 2e-27 of a loss near 1), which is
-#: not divergence.
-ROUNDOFF_FLOOR = {torch.float32: 1e-8, torch.float64: 1e-24}
+#: wanders there (float64 KernelRidge-like fits: 1e-27 to 2e-27 of a loss near 1; a float64
+#: fit was rolled back for a "rise" from 6.1e-17 to 9.8e-17), which is not divergence. No
+#: user reads a training loss a millionth (float64) or a thousandth (float32) of the
+#: targets' standard deviation; the residual's round-off, amplified by steps up to
+#: ``1 / lambda_{q+1}``, can reach there.
+ROUNDOFF_FLOOR = {torch.float32: 1e-7, torch.float64: 1e-12}
 #: Two completed epochs in a row whose loss exceeds the best epoch's (or the zero model's) by
 #: this factor show a fit that diverges slowly (growth of 1.1-1.9x per epoch escapes the 2x
 #: test for several epochs); one epoch over :data:`DIVERGENCE_FACTOR` times it is enough. A
@@ -295,8 +298,13 @@ class DivergenceGuard:
         self._rising = False
         return resume
 
-    def warn(self, problem: str, resume: int, step_size: float) -> None:
-        """Report a roll-back (``step_size``: the new, halved step)."""
+    def warn(self, problem: str, resume: int, step_size: float, loss: float = math.inf) -> None:
+        """Report a roll-back (``step_size``: the new, halved step), unless the loss that
+        caused it is below :data:`NOISE_FLOOR` times the zero model's: a rise from 3e-5 to
+        1e-4 of the targets' variance (R^2 0.99997 to 0.9999) is SGD's noise about an
+        almost exact fit, which the roll-back handles without a word."""
+        if math.isfinite(loss) and loss < NOISE_FLOOR * self.zero_loss:
+            return
         if self.no_exact_fit is None:
             message = (
                 f"EigenPro: {problem}; rolling back to the start of epoch {resume} and "
@@ -1220,7 +1228,7 @@ def _train(run: _Run, n_epochs: int, monitor: _Monitor, no_exact_fit, verbose: i
                 resume = guard.roll_back(problem, eta, epoch)
                 eta /= 2
                 projection.halve_step()
-                guard.warn(problem, resume, eta)
+                guard.warn(problem, resume, eta, judged)
                 del result.history[resume - 1 :]
                 epoch = resume
                 continue

@@ -5,7 +5,8 @@ import pytest
 from scipy.special import softmax
 from sklearn.datasets import load_digits, make_classification
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import GridSearchCV
+from sklearn.metrics import log_loss
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.preprocessing import LabelEncoder
 
 from eigenpro import EigenProClassifier
@@ -70,15 +71,33 @@ def test_binary_probabilities_follow_the_decision_function():
     np.testing.assert_array_equal(proba[:, 1] > 0.5, clf.predict(X) == clf.classes_[1])
 
 
-def test_without_held_out_data_predict_proba_is_absent_with_a_reason(digits):
+def test_a_default_classifier_calibrates_on_leave_one_out_outputs(digits):
+    """Without held-out rows, the temperature is fitted on the model selection's closed-form
+    leave-one-out outputs (no second fit): its test log-loss is near that of a temperature
+    fitted on a second fit's held-out rows (probability=True), far below the raw softmax."""
+    X, y, X_test, y_test = digits
+    clf = EigenProClassifier(random_state=0).fit(X, y)
+    second = EigenProClassifier(probability=True, random_state=0).fit(X, y)
+    ours, theirs = (log_loss(y_test, m.predict_proba(X_test)) for m in (clf, second))
+    raw = log_loss(y_test, softmax(clf.decision_function(X_test), axis=1))
+    assert ours < 1.25 * theirs and ours < 0.5 * raw
+    # with nothing searched, the given bandwidth and ridge are scored for their outputs
+    given = EigenProClassifier(bandwidth=2.0, alpha=0.1, random_state=0).fit(X, y)
+    assert given.selection_["bandwidths"] == [None] and given.temperature_ > 0
+
+
+def test_log_loss_and_roc_auc_scoring_work_out_of_the_box(digits):
     X, y, _, _ = digits
-    clf = EigenProClassifier(n_epochs=1, random_state=0).fit(X, y)
-    assert not hasattr(clf, "predict_proba")
-    with pytest.raises(AttributeError, match="predict_proba") as error:
-        clf.predict_proba(X)
-    assert "set probability=True" in str(error.value.__cause__)  # the traceback says why
-    clf.set_params(probability=True)  # turned on after fitting: fit again
-    with pytest.raises(NotFittedError, match="fit it again"):
+    scores = cross_val_score(EigenProClassifier(random_state=0), X, y, scoring="neg_log_loss")
+    assert np.all(np.isfinite(scores)) and np.all(-0.5 < scores) and np.all(scores < 0)
+    auc = cross_val_score(EigenProClassifier(random_state=0), X, y > 4, scoring="roc_auc")
+    assert np.all(auc > 0.95)
+
+
+def test_too_few_rows_to_calibrate_say_what_to_do():
+    X = np.arange(12.0).reshape(6, 2)
+    clf = EigenProClassifier(n_epochs=1, random_state=0).fit(X, [0, 1] * 3)
+    with pytest.raises(NotFittedError, match="probability=True"):
         clf.predict_proba(X)
 
 

@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from eigenpro import DivergenceError, EigenProRegressor, preconditioner
-from eigenpro.solver import DivergenceGuard
+from eigenpro import DivergenceError, EigenProClassifier, EigenProRegressor, preconditioner
+from eigenpro.solver import ROUNDOFF_FLOOR, DivergenceGuard
 
 RADIAL = [("gaussian", None), ("laplacian", None), ("cauchy", None), ("matern", {"nu": 1.5})]
 
@@ -213,6 +213,33 @@ def test_guard_gives_up_after_repeated_roll_backs_without_progress():
             guard.accept(epoch, loss)
             loss *= 1 - 1e-9
             guard.roll_back("the training loss rose", step_size=1.0, epoch=epoch)
+
+
+def test_rises_at_round_off_are_not_divergence():
+    """A float64 fit was rolled back, with a warning, for its loss "rising" from 6.1e-17 to
+    9.8e-17 of the zero model's: round-off. Rises that large above a real loss still count."""
+    coef = torch.zeros(2)
+    guard = DivergenceGuard([coef], zero_loss=1.0, floor=ROUNDOFF_FLOOR[torch.float64])
+    for epoch, loss in enumerate([0.5, 6.1e-17, 9.8e-17, 9.9e-17, 1e-16], start=1):
+        guard.start_epoch(epoch)
+        assert guard.problem(loss, finished=True) is None
+        guard.accept(epoch, loss)
+    assert "rose" in guard.problem(0.01, finished=True)  # a real loss, 1e14 times larger
+
+
+def test_a_bandwidth_too_small_to_resolve_k_x_x_is_named(small_problem):
+    """bandwidth=1e-12 predicted exactly 0 at about 10% of the training points: squared
+    distances in bandwidth units (1e24) carry round-off far above 1, so k(x, x) was 0."""
+    X, y = small_problem
+    for dtype in ("float32", "float64"):
+        with pytest.raises(ValueError, match="bandwidth=1e-12 is too small"):
+            EigenProRegressor(bandwidth=1e-12, dtype=dtype, n_epochs=1).fit(X, y)
+
+
+def test_an_unknown_keyword_names_the_public_class():
+    for cls in (EigenProRegressor, EigenProClassifier):
+        with pytest.raises(TypeError, match=f"{cls.__name__}.__init__.*'n_epoch'"):
+            cls(n_epoch=3)
 
 
 def test_validation_best_from_an_earlier_epoch_is_not_a_divergence():
