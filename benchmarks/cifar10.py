@@ -12,7 +12,16 @@ the first 1000 of the 10000 official test images; the output says which were use
 from __future__ import annotations
 
 import numpy as np
-from _common import machine, parser, plot_path, settings, track_classifier, versions, write_json
+from _common import (
+    PAPER_SETTINGS,
+    machine,
+    parser,
+    plot_path,
+    settings,
+    track_classifier,
+    versions,
+    write_json,
+)
 from scipy.spatial.distance import pdist
 
 from eigenpro import EigenProClassifier
@@ -38,7 +47,8 @@ def select_bandwidth(kernel, X, y, args, device) -> dict:
     for factor in GRID:
         bandwidth = factor * median
         clf = EigenProClassifier(kernel=kernel, bandwidth=bandwidth, n_epochs=2, device=device,
-                                 dtype=args.dtype, random_state=args.seed)  # fmt: skip
+                                 dtype=args.dtype, random_state=args.seed,
+                                 **PAPER_SETTINGS)  # fmt: skip
         clf.fit(X[fit_idx], y[fit_idx])
         scores[bandwidth] = clf.score(X[val_idx], y[val_idx])
         print(f"  {kernel} bandwidth {bandwidth:.3g}: validation accuracy {scores[bandwidth]:.4f}")
@@ -70,7 +80,7 @@ def main():
         bandwidth = selection[kernel]["chosen"]
         clf = EigenProClassifier(
             kernel=kernel, bandwidth=bandwidth, n_epochs=args.epochs, device=device,
-            dtype=args.dtype, random_state=args.seed, verbose=1,
+            dtype=args.dtype, random_state=args.seed, verbose=1, **PAPER_SETTINGS,
         )  # fmt: skip
         run = track_classifier(clf, X_train[:n], y_train[:n], X_test, y_test, device)
         run["bandwidth"] = bandwidth

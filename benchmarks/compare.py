@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import (
+    PAPER_SETTINGS,
     falkon_fit,
     iterate_until,
     load_mnist_scaled,
@@ -93,7 +94,7 @@ def eigenpro_and_sgd(X, y, X_test, y_test, args, device):
     model, eigenpro = timed_fit(
         lambda: EigenProClassifier(
             kernel="gaussian", bandwidth=BANDWIDTH, n_epochs=args.epochs, device=device,
-            dtype=args.dtype, random_state=args.seed, verbose=1,
+            dtype=args.dtype, random_state=args.seed, verbose=1, **PAPER_SETTINGS,
         ),
         X, y, X_test, y_test, device,
     )  # fmt: skip

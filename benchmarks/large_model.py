@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 import torch
 from _common import (
+    FIXED_SETTINGS,
     falkon_fit,
     load_mnist_scaled,
     machine,
@@ -100,7 +101,7 @@ def run_method(method, n_centers, args, device, X_train, y_train, X_test, y_test
     clf = EigenProClassifier(
         kernel="gaussian", bandwidth=BANDWIDTH, n_epochs=args.epochs, n_centers=n_centers,
         inner_params=METHODS[method], device=device, dtype=args.dtype,
-        random_state=args.seed, verbose=1, memory_gb=16,
+        random_state=args.seed, verbose=1, memory_gb=16, **FIXED_SETTINGS,
     )  # fmt: skip
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from _common import (
+    PAPER_SETTINGS,
     load_mnist_scaled,
     machine,
     parser,
@@ -52,7 +53,7 @@ def main():
         print(f"--- {kernel}, bandwidth {bandwidth:.4g}")
         clf = EigenProClassifier(
             kernel=kernel, bandwidth=bandwidth, n_epochs=args.epochs, device=device,
-            dtype=args.dtype, random_state=args.seed, verbose=1,
+            dtype=args.dtype, random_state=args.seed, verbose=1, **PAPER_SETTINGS,
         )  # fmt: skip
         run = track_classifier(clf, X_train, y_train, X_test, y_test, device)
         run["bandwidth"] = bandwidth

@@ -55,7 +55,7 @@ def load(args):
 
 def search(X, y, grid, n_jobs, epochs, seed, inner_threads=None):
     """One GridSearchCV; returns its figures and the fitted search."""
-    model = EigenProClassifier(n_epochs=epochs, random_state=seed, device="cpu")
+    model = EigenProClassifier(n_epochs=epochs, tol=None, random_state=seed, device="cpu")
     cv = StratifiedKFold(3, shuffle=True, random_state=seed)
     gs = GridSearchCV(
         model, grid, cv=cv, n_jobs=n_jobs, refit="accuracy",

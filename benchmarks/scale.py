@@ -79,6 +79,7 @@ def run_one(args, n: int, workdir: Path) -> dict:
         dtype=args.dtype,
         random_state=args.seed,
         verbose=1,
+        **_common.FIXED_SETTINGS,
     )
     with _common.peak_memory(args.device) as memory:
         start = time.perf_counter()
@@ -134,6 +135,7 @@ def run_mnist(args) -> dict | None:
             dtype=args.dtype,
             random_state=args.seed,
             verbose=1,
+            **_common.FIXED_SETTINGS,
         )
         run = _common.track_classifier(clf, X, y, X_test, y_test, args.device)
         run["n_centers"] = int(clf.n_centers_)

@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine, parser, peak_memory, plot_path, settings, versions, write_json
+from _common import (
+    FIXED_SETTINGS,
+    machine,
+    parser,
+    peak_memory,
+    plot_path,
+    settings,
+    versions,
+    write_json,
+)
 from scale import MEMORY_HEADROOM, make_memmap
 
 from eigenpro import EigenProRegressor
@@ -54,7 +63,7 @@ def run_one(args, X, y, n_centers: int, method: str) -> dict:
     model = EigenProRegressor(
         n_centers=n_centers, n_epochs=args.epochs, inner_params=METHODS[method],
         memory_gb=MEMORY_GB, device=args.device, dtype=args.dtype, random_state=args.seed,
-        verbose=1,
+        verbose=1, **FIXED_SETTINGS,
     )  # fmt: skip
     with peak_memory(args.device) as memory:
         start = time.perf_counter()

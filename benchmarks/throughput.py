@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 from _common import (
+    PAPER_SETTINGS,
     kernel_floor_seconds,
     load_mnist_scaled,
     machine,
@@ -64,7 +65,7 @@ def main():
                 break
             clf = EigenProClassifier(
                 kernel="gaussian", bandwidth=5.0, n_epochs=1, device=device,
-                dtype=args.dtype, random_state=args.seed, verbose=1,
+                dtype=args.dtype, random_state=args.seed, verbose=1, **PAPER_SETTINGS,
             )  # fmt: skip
             with peak_memory(device) as measured:
                 start = time.perf_counter()

@@ -49,6 +49,7 @@ from .kernels import (
     get_kernel,
 )
 from .model_selection import MIN_SELECTION_ROWS, SELECTION_ROWS, choose, median_distance
+from .model_size import DEFAULT_BUDGET_GFLOP, ModelSize, choose_model_size
 from .preconditioner import (
     PRECISION_FLOOR,
     default_max_components,
@@ -73,6 +74,11 @@ DIAGNOSIS_SAMPLE = 10000
 #: A memory budget that limits batches to less than 1 / this of the batch the data and device
 #: would use gets a warning.
 BUDGET_WARNING_FACTOR = 4
+
+
+def _is_auto(value) -> bool:
+    """``value == "auto"`` for parameters that may also be arrays."""
+    return isinstance(value, str) and value == "auto"
 
 
 def _is_gaussian(kernel) -> bool:
@@ -319,7 +325,13 @@ class _BaseEigenPro(BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "n_centers": [None, Interval(Integral, 1, None, closed="left"), "array-like"],
+        "n_centers": [
+            None,
+            StrOptions({"auto"}),
+            Interval(Integral, 1, None, closed="left"),
+            "array-like",
+        ],
+        "compute_budget": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "inner_params": [dict, None],
         "device": [str, torch.device],
         "dtype": "no_validation",  # checked by resolve_dtype, which names the problem
@@ -336,15 +348,18 @@ class _BaseEigenPro(BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
         self._validate_params()
-        for name in ("bandwidth", "step_size", "memory_gb", "alpha"):
+        for name in ("bandwidth", "step_size", "memory_gb", "alpha", "compute_budget"):
             value = getattr(self, name)
             if not isinstance(value, str) and not np.isfinite(value):
                 raise ValueError(f"{name} must be finite; got {value!r}")
         if self._precomputed and not (
-            self.n_centers is None or isinstance(self.n_centers, Integral)
+            self.n_centers is None
+            or isinstance(self.n_centers, Integral)
+            or _is_auto(self.n_centers)
         ):
             raise ValueError(
-                "kernel='precomputed' takes n_centers=None or an int (centers drawn from the "
+                "kernel='precomputed' takes n_centers='auto', None or an int (centers drawn "
+                "from the "
                 "training points); centers given as points need the kernel itself"
             )
 
@@ -393,15 +408,22 @@ class _BaseEigenPro(BaseEstimator):
                 "y is a scipy.sparse matrix; EigenPro needs dense targets: pass y.toarray()"
             )
         if self._precomputed:  # the matrix, as it is; _fit_targets turns it into a kernel
-            return self._validate_kernel_matrix(
+            K, y = self._validate_kernel_matrix(
                 X, y, multi_output=multi_output, y_numeric=y_numeric
             )
-        if self.n_centers is None or not is_streamable(X):
+            self._size_model(*K.shape, y, matrix=True)
+            return K, y
+        streamable = is_streamable(X)
+        if streamable:  # the model size from the shape, before anything is read
+            self._size_model(*X.shape, y)
+        if not streamable or self._centers_spec is None:
             X, y = validate_data(
                 self, _to_numpy(X), _to_numpy(y), dtype=[np.float64, np.float32],
                 accept_sparse="csr", multi_output=multi_output, y_numeric=y_numeric,
             )  # fmt: skip
-            if self.n_centers is not None:
+            if not streamable:
+                self._size_model(*X.shape, y)
+            if self._centers_spec is not None:
                 return HostData(X), y
             # EigenPro 2: the training points are the centers, held dense on the device
             return (X.toarray() if sp.issparse(X) else X), y
@@ -417,6 +439,32 @@ class _BaseEigenPro(BaseEstimator):
         y = _check_y(_to_numpy(y), multi_output=multi_output, y_numeric=y_numeric, estimator=self)
         check_consistent_length(np.empty((n, 0)), y)
         return HostData(X), y
+
+    def _size_model(self, n: int, d: int, y, matrix: bool = False) -> None:
+        """Resolve ``n_centers`` for this fit into ``_centers_spec`` (None: every training
+        point; an int or the centers given) and record ``model_size_``
+        (:mod:`eigenpro.model_size`)."""
+        self._centers_spec = self.n_centers
+        if not _is_auto(self.n_centers):
+            self.model_size_ = None
+            return
+        if matrix:  # the n x n matrix exists already: every point is a center
+            size = ModelSize(None, n, math.nan, "kernel='precomputed': every training point "
+                             "is a center (the kernel matrix is given whole)")  # fmt: skip
+        else:
+            n_outputs = 1 if np.ndim(y) < 2 else int(np.shape(y)[1])
+            device = resolve_device(self.device)
+            size = choose_model_size(
+                int(n), int(d), n_outputs,
+                budget_gflop=DEFAULT_BUDGET_GFLOP if self.compute_budget == "auto"
+                else float(self.compute_budget),
+                memory_bytes=resolve_memory_budget(self.memory_gb, device),
+                itemsize=torch.empty((), dtype=resolve_dtype(self.dtype)).element_size(),
+            )  # fmt: skip
+        self._centers_spec = size.n_centers
+        self.model_size_ = size.as_dict()
+        if self.verbose:
+            print(f"n_centers='auto': {size.reason}")
 
     def _validate_X(self, X, reset: bool):
         return validate_data(
@@ -481,7 +529,8 @@ class _BaseEigenPro(BaseEstimator):
         kernel, bandwidth, alpha, selection, diagnosis = self._kernel_and_diagnosis(
             data, Y, seed, in_memory, matrix, sample_weight, held_out=val_pos is None
         )
-        centers = None if self.n_centers is None else self._centers(data, rng, np_dtype)
+        spec = self._centers_spec
+        centers = None if spec is None else self._centers(spec, data, rng, np_dtype)
         if previous is not None and centers is not None:
             centers = torch.from_numpy(previous["centers"])
         weighted = _Weighting(sample_weight, alpha)
@@ -525,7 +574,7 @@ class _BaseEigenPro(BaseEstimator):
         if matrix is not None:  # the centers' indices among the training points
             self.centers_ = self.centers_[:, 0].astype(np.int64)
         self.dual_coef_ = scaler.coefficients(
-            weighted.coefficients(result.coef, on_data=self.n_centers is None)
+            weighted.coefficients(result.coef, on_data=spec is None)
         )
         self.intercept_ = scaler.offset.copy()
         self.n_centers_ = p
@@ -536,7 +585,8 @@ class _BaseEigenPro(BaseEstimator):
         if matrix is not None:  # predictions read the test rows of K; keep no n x n copy
             self.kernel_ = "precomputed"
         self._set_solver_attributes(result, device)
-        if self.n_centers is not None:
+        self.inner_params_ = None
+        if spec is not None:
             self.inner_params_ = {key: result.inner.get(key) for key in INNER_KEYS}
         if previous is not None:
             self._append_history(previous)
@@ -655,20 +705,19 @@ class _BaseEigenPro(BaseEstimator):
         )  # fmt: skip
         return kernel, bandwidth, alpha, selection, diagnosis
 
-    def _centers(self, data: HostData, rng: np.random.Generator, np_dtype) -> torch.Tensor:
-        """The ``n_centers`` centers on the host, in the training dtype."""
+    def _centers(self, spec, data: HostData, rng: np.random.Generator, np_dtype) -> torch.Tensor:
+        """The centers ``spec`` (a number, or the points) on the host, in the training
+        dtype."""
         n = data.n_samples
-        if isinstance(self.n_centers, Integral):
-            p = int(self.n_centers)
+        if isinstance(spec, Integral):
+            p = int(spec)
             if p > n:
                 raise ValueError(
                     f"n_centers={p} is larger than the number of training samples ({n})"
                 )
             idx = np.sort(rng.choice(n, size=p, replace=False))
             return data.take(idx, resolve_dtype(self.dtype), torch.device("cpu"))
-        array = check_array(
-            _to_numpy(self.n_centers), dtype=[np.float64, np.float32], input_name="n_centers"
-        )
+        array = check_array(_to_numpy(spec), dtype=[np.float64, np.float32], input_name="n_centers")
         if array.shape[1] != data.n_features:
             raise ValueError(
                 f"n_centers has {array.shape[1]} features, but X has {data.n_features} "
@@ -895,17 +944,29 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
         and ``K(X_test, X_train)`` in ``predict``, as for
         :class:`~sklearn.kernel_ridge.KernelRidge`; ``centers_`` then holds the centers'
         indices among the training points.
-    bandwidth : float or "auto", default="auto"
-        Bandwidth of radial kernels (``exp(-|x-z|^2 / (2 bandwidth^2))`` for the Gaussian).
-        ``"auto"``: half the median distance between training points
-        (:func:`eigenpro.estimators.auto_bandwidth`).
+    bandwidth : float, "auto" or "median", default="auto"
+        Bandwidth of radial kernels (``exp(-|x-z|^2 / (2 bandwidth^2))`` for the Gaussian,
+        ``exp(-|x-z|_2 / bandwidth)`` for the Laplacian: the Euclidean distance, where
+        scikit-learn's ``laplacian`` uses the L1 one). ``"auto"``: the best of
+        0.25, 0.5, ..., 8 times the median distance between training points by the
+        closed-form leave-one-out error of exact kernel ridge regression on a subsample of
+        1000 rows, searched together with ``alpha`` (:mod:`eigenpro.model_selection`);
+        the scores are in ``selection_``. ``"median"``: half the median distance, nothing
+        searched (:func:`eigenpro.estimators.auto_bandwidth`). A number is used as given.
     kernel_params : dict, default=None
         Extra kernel parameters: ``nu`` (Matern), ``degree``, ``gamma``, ``coef0``
         (polynomial), or keyword arguments of a callable kernel. For ``"rbf"``/``"gaussian"``,
         ``gamma`` is scikit-learn's (``exp(-gamma |x-z|^2)``, so ``bandwidth = 1 / sqrt(2
         gamma)``): grids written for ``KernelRidge(kernel="rbf")`` carry over.
-    n_epochs : int, default=10
-        Passes over the training data.
+    n_epochs : int or "auto", default="auto"
+        Passes over the training data at most; ``"auto"``: 100. The fit stops earlier at
+        convergence (``tol``) or when the validation score stops improving
+        (``early_stopping``).
+    tol : float or None, default=1e-4
+        Stop when the training objective (the mean squared error, plus the ridge term when
+        ``alpha > 0``) improved by less than ``tol`` times that of the zero model in each of
+        ``n_iter_no_change`` consecutive epochs, as scikit-learn's ``SGDRegressor``
+        does. None: run exactly ``n_epochs`` epochs.
     n_components : int or "auto", default="auto"
         q, the number of eigendirections the preconditioner flattens. ``"auto"`` picks q so
         that the critical batch size ``beta / lambda_{q+1}`` matches the largest batch the
@@ -921,15 +982,35 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
     memory_gb : float or "auto", default="auto"
         Memory budget on the device in GiB; ``"auto"``: 80% of free GPU memory, or half the
         available RAM (at most 16 GiB) on the CPU.
-    alpha : float, default=0.0
-        Ridge regularisation: converge to ``(K + alpha I) c = y``.
+    alpha : float or "auto", default="auto"
+        Ridge regularisation: converge to ``(K + alpha I) c = y`` (the targets centred and
+        scaled, see ``fit_intercept``), as :class:`~sklearn.kernel_ridge.KernelRidge`.
+        ``"auto"``: chosen with the bandwidth by leave-one-out error on the subsample (a
+        log grid from one eigendecomposition per bandwidth, at least ``1e-2`` of the mean
+        ``k(x, x)``: smaller ridges interpolate noise and need far more epochs), carried to
+        the whole training set as ``alpha (n / 1000) ** 0.5``. Fitted value: ``alpha_``.
+        A number is used as given; 0 interpolates.
+    fit_intercept : bool, default=True
+        Centre the targets (weighted mean per output, ``intercept_``) before fitting and add
+        the mean back in ``predict``, as :class:`~sklearn.linear_model.Ridge` does; the
+        regressor also divides each target column by its standard deviation while fitting,
+        so ``alpha`` and ``tol`` mean the same for any unit of ``y``. ``False``: the kernel
+        expansion alone, which decays to 0 away from the data.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data, score it after each epoch (R^2), stop
         after ``n_iter_no_change`` epochs without improvement and keep the best epoch.
     validation_fraction : float, default=0.1
-    n_iter_no_change : int, default=5
-    n_centers : None, int or array-like of shape (n_centers, n_features), default=None
-        Centers of the model. ``None``: every training point (EigenPro 2; memory and work
+    n_iter_no_change : int, default=3
+        Epochs without improvement (``tol``, or the validation score) before stopping.
+    n_centers : "auto", None, int or array-like of shape (n_centers, n_features), \
+default="auto"
+        Centers of the model. ``"auto"``: every training point while one pass costs at most
+        ``compute_budget``, else a fixed number of centers drawn at random, so that the time
+        of a default fit grows about linearly in ``n`` past that size
+        (:mod:`eigenpro.model_size`: about 37,000 rows at 13 features, 16,700 at 128 and
+        7,100 at 784 before 18,500 / 8,300 / 3,500 centers); what was chosen and why is in
+        ``model_size_`` and, with ``verbose``, printed. ``None``: every training point
+        (EigenPro 2; memory and work
         per epoch grow like n^2). An int p: p training points drawn at random (seeded by
         ``random_state``); an array: those points. Both use EigenPro 3 (memory O(p), work
         per epoch O(np + p^2)) and converge to the least-squares fit on the centers,
@@ -938,6 +1019,11 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
         device one batch at a time (NaN/inf are detected batch by batch). Inside an
         initialised ``torch.distributed`` process group the centers are sharded across the
         ranks (see :func:`eigenpro.distributed.init_distributed`).
+    compute_budget : float or "auto", default="auto"
+        The work one pass over the data may cost with ``n_centers="auto"``, in 10^9
+        multiply-adds of the kernel products (``n p (d + 16)``); ``"auto"``: 40, about half a
+        second per pass in fp32 on a 2-core CPU. Raise it for a larger model, lower it for a
+        faster fit.
     inner_params : dict, default=None
         Settings of the projection onto the centers (``n_centers`` set), each ``"auto"``
         when absent: ``method`` (``"delayed"``: EigenPro 4's delayed projection, the batch
@@ -984,8 +1070,20 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
     n_iter_ : int
         Epochs run.
     history_ : list of dict
-        Per epoch: ``train_loss`` (mean squared residual over the epoch's batches),
-        ``val_score``, ``seconds``, ``step_size``.
+        Per epoch: ``train_loss`` (the training mean squared error, in the targets' units),
+        ``objective`` (with the ridge term, where ``alpha > 0``), ``val_score``,
+        ``seconds``, ``step_size``.
+    intercept_ : ndarray of shape (n_targets,)
+        The targets' weighted means added to the kernel expansion (zeros without
+        ``fit_intercept``).
+    alpha_ : float
+        The ridge used (in the units of the centred, scaled targets).
+    selection_ : dict or None
+        The leave-one-out search behind ``"auto"`` bandwidth and ``alpha``: rows scored,
+        candidate bandwidths and ridges, the table of leave-one-out R^2 and the best score
+        (None when nothing was searched).
+    model_size_ : dict or None
+        What ``n_centers="auto"`` chose and why (None for a given ``n_centers``).
     bandwidth_, n_components_, subsample_size_, batch_size_, step_size_ : float or int
         The values actually used.
     eigenvalues_ : ndarray
@@ -996,8 +1094,9 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
         operator measured on a data sample when that is larger.
     n_centers_ : int
         Number of centers p.
-    inner_params_ : dict
-        The projection settings used (``n_centers`` set only; None for unused ones).
+    inner_params_ : dict or None
+        The projection settings used (with fewer centers than points; None for unused ones,
+        and None for every training point as a center).
     world_size_ : int
         Ranks the centers were sharded over.
 
@@ -1036,7 +1135,8 @@ class EigenProRegressor(RegressorMixin, _BaseEigenPro):
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=3,
-        n_centers=None,
+        n_centers="auto",
+        compute_budget="auto",
         inner_params=None,
         device="auto",
         dtype="float32",
@@ -1118,34 +1218,39 @@ class EigenProClassifier(ClassifierMixin, _BaseEigenPro):
     Parameters
     ----------
     kernel, bandwidth, kernel_params, n_epochs, n_components, subsample_size, batch_size, \
-step_size, memory_gb, alpha, early_stopping, validation_fraction, n_iter_no_change, \
-n_centers, inner_params, device, dtype, random_state, verbose, warm_start
+tol, step_size, memory_gb, alpha, fit_intercept, early_stopping, validation_fraction, \
+n_iter_no_change, n_centers, compute_budget, inner_params, device, dtype, random_state, \
+verbose, warm_start
         See :class:`EigenProRegressor`.
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes, multiplied into ``sample_weight``: a dict ``{label:
         weight}``, or ``"balanced"``, ``n_samples / (n_classes * bincount(y))``, as in
         scikit-learn (:func:`sklearn.utils.class_weight.compute_sample_weight`).
     probability : bool, default=False
-        Enable :meth:`predict_proba`, a softmax of the outputs with a temperature fitted on
-        training rows held out of a second fit (on ``1 - validation_fraction`` of the data,
-        as many epochs; the final model still uses every row): about twice the fitting
-        time, as :class:`sklearn.svm.SVC`'s ``probability``. With ``early_stopping=True``
-        the held-out split calibrates it at no extra cost, and this is not needed.
+        :meth:`predict_proba` and :meth:`predict_log_proba` always work: a softmax of the
+        outputs with a temperature fitted on held-out outputs. By default those are the
+        leave-one-out outputs of the subsample the bandwidth and ridge are chosen on (free:
+        the selection computes them); with ``early_stopping=True``, the held-out split.
+        ``True`` fits the temperature on rows held out of a second fit instead (on
+        ``1 - validation_fraction`` of the data, as many epochs; the final model still uses
+        every row): about twice the fitting time, as :class:`sklearn.svm.SVC`'s
+        ``probability``, and closest to the final model.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         The class labels.
     temperature_ : float or None
-        The softmax temperature of :meth:`predict_proba` (None without ``probability`` or
-        ``early_stopping``; :mod:`eigenpro.calibration`).
+        The softmax temperature of :meth:`predict_proba` (:mod:`eigenpro.calibration`);
+        None with fewer than 10 training rows.
     centers_, dual_coef_, n_features_in_, feature_names_in_, n_iter_, history_
         As in :class:`EigenProRegressor`; ``dual_coef_`` has one column for two classes and
         ``n_classes`` columns otherwise.
     bandwidth_, n_components_, subsample_size_, batch_size_, step_size_, eigenvalues_, \
 beta_, top_eigenvalue_, tail_eigenvalue_, critical_batch_size_, n_centers_, inner_params_, \
-world_size_
-        As in :class:`EigenProRegressor`.
+world_size_, intercept_, alpha_, selection_, model_size_
+        As in :class:`EigenProRegressor`; the classifier centres the indicators by the
+        (weighted) class frequencies and does not scale them.
 
     See Also
     --------
@@ -1188,7 +1293,8 @@ world_size_
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=3,
-        n_centers=None,
+        n_centers="auto",
+        compute_budget="auto",
         inner_params=None,
         device="auto",
         dtype="float32",
@@ -1299,6 +1405,8 @@ world_size_
         )
         if self.bandwidth_ is not None and not self._gamma_given():
             helper.set_params(bandwidth=self.bandwidth_)
+        d = X.shape[1] if isinstance(X, np.ndarray) else X.n_features
+        helper._size_model(len(train_pos), d, Y, matrix=self._precomputed)
         helper._fit_targets(
             X[train_pos] if isinstance(X, np.ndarray) else X.subset(train_pos), Y[train_pos],
             score=None, sample_weight=None if sample_weight is None else sample_weight[train_pos],

@@ -46,6 +46,7 @@ def main():
         kernel="gaussian",
         bandwidth=bandwidth,
         n_epochs=args.epochs,
+        n_centers=None,  # every training image a center (EigenPro 2), as in the paper
         device=args.device,
         random_state=0,
         verbose=1,
