@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STUDIES = [
     "throughput", "sgd_vs_eigenpro", "spectrum", "mnist", "compare", "cifar10", "scale",
-    "robustness", "model_selection",
+    "robustness", "model_selection", "tabular",
 ]  # fmt: skip
 #: Options a study always gets from run_all (scale: its MNIST part too).
 STUDY_OPTIONS = {"scale": ["--mnist"]}

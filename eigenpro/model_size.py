@@ -27,6 +27,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+__all__ = [
+    "CENTERS_PER_LIMIT",
+    "DEFAULT_BUDGET_GFLOP",
+    "KERNEL_COST",
+    "ModelSize",
+    "all_points_limit",
+    "choose_model_size",
+]
+
 #: Multiply-adds one kernel entry's nonlinearity (an exp, a square root) costs, about.
 KERNEL_COST = 16
 #: ``compute_budget="auto"``: 10^9 multiply-adds per pass over the data (about half a second

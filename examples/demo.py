@@ -27,7 +27,10 @@ def load_data(args):
         return name, X_train[:n] / 255.0, y_train[:n], X_test / 255.0, y_test, 5.0
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25, random_state=0)
-    name = "scikit-learn digits (MNIST not found; set EIGENPRO_DATA or pass --data-dir)"
+    name = (
+        "scikit-learn digits, 8x8 images (MNIST not found: `python examples/demo.py "
+        "--download` fetches it, about 11 MB, or point EIGENPRO_DATA / --data-dir at a copy)"
+    )
     return name, X_train, y_train, X_test, y_test, "auto"
 
 
