@@ -70,23 +70,27 @@ def _regressors(n_train: int, seed: int, largest: bool, all_points: bool, search
         "EigenPro defaults": EigenProRegressor(random_state=seed),
         "HistGradientBoosting defaults": HistGradientBoostingRegressor(random_state=seed),
     }
-    models["EigenPro 3x3 grid (before)"] = (
+
+    def searched(search, max_rows: int, why: str = ""):
+        """``search``, or the reason it is skipped."""
+        if not searches:
+            return "skipped: --defaults-only"
+        return (
+            search if n_train <= max_rows else f"skipped: {n_train} training rows > {max_rows}{why}"
+        )
+
+    models["EigenPro 3x3 grid (before)"] = searched(
         GridSearchCV(
             EigenProRegressor(random_state=seed, **EIGENPRO_GRID_FIXED), EIGENPRO_GRID, cv=cv
-        )
-        if n_train <= GRID_MAX_ROWS and searches
-        else f"skipped: {n_train} training rows > {GRID_MAX_ROWS}"
-        if searches
-        else "skipped: --defaults-only"
+        ),
+        GRID_MAX_ROWS,
     )
-    models["KernelRidge grid"] = (
+    models["KernelRidge grid"] = searched(
         TransformedTargetRegressor(
             GridSearchCV(KernelRidge(kernel="rbf"), KRR_GRID, cv=cv), transformer=StandardScaler()
-        )
-        if n_train <= KRR_MAX_ROWS and searches
-        else f"skipped: {n_train} training rows > {KRR_MAX_ROWS} (n x n kernel matrix)"
-        if searches
-        else "skipped: --defaults-only"
+        ),
+        KRR_MAX_ROWS,
+        " (n x n kernel matrix)",
     )
     if largest and all_points:
         models["EigenPro every point a center"] = EigenProRegressor(

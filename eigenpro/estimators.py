@@ -359,8 +359,7 @@ class _BaseEigenPro(BaseEstimator):
         ):
             raise ValueError(
                 "kernel='precomputed' takes n_centers='auto', None or an int (centers drawn "
-                "from the "
-                "training points); centers given as points need the kernel itself"
+                "from the training points); centers given as points need the kernel itself"
             )
 
     @property
@@ -459,7 +458,7 @@ class _BaseEigenPro(BaseEstimator):
                 budget_gflop=DEFAULT_BUDGET_GFLOP if self.compute_budget == "auto"
                 else float(self.compute_budget),
                 memory_bytes=resolve_memory_budget(self.memory_gb, device),
-                itemsize=torch.empty((), dtype=resolve_dtype(self.dtype)).element_size(),
+                itemsize=resolve_dtype(self.dtype).itemsize,
             )  # fmt: skip
         self._centers_spec = size.n_centers
         self.model_size_ = size.as_dict()

@@ -350,24 +350,19 @@ def choose(
         if alpha != "auto":
             return chosen, float(alpha), None
         return chosen, FALLBACK_ALPHA * n_train, None
-    X = torch.from_numpy(np.asarray(X, dtype=np.float64))
-    Y = torch.from_numpy(np.asarray(Y, dtype=np.float64))
-    root = None if root_weights is None else torch.from_numpy(root_weights)
-
-    def select(rows, bandwidths):
-        m = len(rows)
-        return select_hyperparameters(
-            lambda h: make_kernel(bandwidth if h is None else h), X[rows], Y[rows],
-            bandwidths=bandwidths,
-            alphas=None if alpha == "auto" else [float(alpha) * (m / n_train) ** RIDGE_EXPONENT],
-            root_weights=None if root is None else root[rows],
-            alpha_floor=ALPHA_FLOOR * (m / n_train) ** RIDGE_EXPONENT,
-        )  # fmt: skip
-
     bandwidths = None
     if search_bandwidth:
-        bandwidths = [median_distance(X.numpy()) * f for f in BANDWIDTH_FACTORS]
-    selection = select(np.arange(s), bandwidths)
+        bandwidths = [median_distance(X) * f for f in BANDWIDTH_FACTORS]
+    to_size = (s / n_train) ** RIDGE_EXPONENT  # a ridge for n_train rows, as it is on s rows
+    selection = select_hyperparameters(
+        lambda h: make_kernel(bandwidth if h is None else h),
+        torch.from_numpy(np.asarray(X, dtype=np.float64)),
+        torch.from_numpy(np.asarray(Y, dtype=np.float64)),
+        bandwidths=bandwidths,
+        alphas=None if alpha == "auto" else [float(alpha) * to_size],
+        root_weights=None if root_weights is None else torch.from_numpy(root_weights),
+        alpha_floor=ALPHA_FLOOR * to_size,
+    )  # fmt: skip
     if search_bandwidth:
         bandwidth = selection.bandwidth
     if alpha == "auto":
