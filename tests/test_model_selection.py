@@ -8,12 +8,13 @@ from sklearn.kernel_ridge import KernelRidge
 from sklearn.model_selection import GridSearchCV, LeaveOneOut, cross_val_predict, train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from eigenpro import EigenProClassifier, EigenProRegressor
+from eigenpro import EigenProClassifier, EigenProRegressor, model_selection
 from eigenpro.kernels import get_kernel
 from eigenpro.model_selection import (
     ALPHA_FLOOR,
     RIDGE_EXPONENT,
     leave_one_out_errors,
+    median_distance,
     ridge_for_size,
     select_hyperparameters,
 )
@@ -37,9 +38,11 @@ def _brute_force_loo_r2(X, y, bandwidth, alpha, sample_weight=None):
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_leave_one_out_scores_equal_refitting_without_each_row(weighted):
+def test_leave_one_out_scores_equal_refitting_without_each_row(weighted, monkeypatch):
     """The closed form of every (bandwidth, ridge) pair, weighted too (weights as a diagonal
-    scaling of the kernel), against n refits of KernelRidge per pair."""
+    scaling of the kernel), against n refits of KernelRidge per pair (eigendecompositions in
+    float64 here: the closed form itself is checked to round-off)."""
+    monkeypatch.setattr(model_selection, "SELECTION_EIGH_DTYPE", np.float64)
     X, y = _problem()
     w = np.random.default_rng(1).uniform(0.2, 3.0, size=len(y)) if weighted else None
     root = None if w is None else torch.tensor(np.sqrt(w / w.mean()))
@@ -58,6 +61,64 @@ def test_leave_one_out_scores_equal_refitting_without_each_row(weighted):
         X, y, selection.bandwidth, selection.alpha, None if w is None else w / w.mean()
     )
     np.testing.assert_allclose(selection.loo_predictions[:, 0], pred, rtol=1e-8, atol=1e-10)
+
+
+def test_single_precision_eigensystems_score_like_double(monkeypatch):
+    """The default (float32 eigendecompositions) against float64 on a real data set: the
+    same bandwidth and ridge, and leave-one-out R^2 close everywhere in the table."""
+    X, y = load_diabetes(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    Y = torch.tensor((y - y.mean()) / y.std())[:, None]
+    bandwidths = [median_distance(X) * f for f in model_selection.BANDWIDTH_FACTORS]
+    kernel = lambda h: get_kernel("gaussian", bandwidth=h)  # noqa: E731
+
+    def search():
+        return select_hyperparameters(
+            kernel, torch.tensor(X), Y, bandwidths=bandwidths, alphas=None,
+            alpha_floor=model_selection.ALPHA_FLOOR,
+        )  # fmt: skip
+
+    single = search()
+    monkeypatch.setattr(model_selection, "SELECTION_EIGH_DTYPE", np.float64)
+    double = search()
+    assert (single.bandwidth, single.alpha) == (double.bandwidth, double.alpha)
+    assert single.bandwidths == double.bandwidths
+    np.testing.assert_allclose(single.scores, double.scores, atol=1e-3)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 6, 7])
+def test_bandwidth_walk_finds_the_peak_of_a_one_peaked_curve(count):
+    """Wherever the single peak is, the walk scores it, and stops before scoring everything
+    when the peak is inside."""
+    for peak in range(count):
+        scored = []
+
+        def score(i, peak=peak, scored=scored):
+            scored.append(i)
+            return -abs(i - peak)
+
+        model_selection._walk(count, score)
+        assert peak in scored and len(set(scored)) == len(scored)
+        best_neighbours = {peak - 1, peak + 1} & set(range(count))
+        assert best_neighbours <= set(scored)  # the peak was confirmed on both sides
+        if count >= 6 and 0 < peak < count - 1:
+            assert len(scored) < count
+
+
+def test_walked_search_equals_the_full_table():
+    """The chosen pair is the best of scoring every bandwidth one by one."""
+    X, y = _problem(n=200)
+    Y = torch.tensor(y - y.mean())[:, None]
+    bandwidths = [median_distance(X) * f for f in model_selection.BANDWIDTH_FACTORS]
+    kernel = lambda h: get_kernel("gaussian", bandwidth=h)  # noqa: E731
+    walked = select_hyperparameters(kernel, torch.tensor(X), Y, bandwidths=bandwidths, alphas=None)
+    each = [
+        select_hyperparameters(kernel, torch.tensor(X), Y, bandwidths=[h], alphas=None)
+        for h in bandwidths
+    ]
+    best = max(each, key=lambda s: s.best_score)
+    assert (walked.bandwidth, walked.alpha) == (best.bandwidth, best.alpha)
+    assert len(walked.bandwidths) < len(bandwidths)
 
 
 def test_an_interpolant_with_a_leverage_of_one_scores_minus_infinity():
