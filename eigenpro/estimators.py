@@ -60,6 +60,7 @@ from .projections import INNER_KEYS, check_inner
 from .solver import DivergenceError, budget_for_batch, fit, memory_plan, predict
 from .streaming import HostData, is_streamable
 from .targets import TargetScaler
+from .threads import fit_work, limited_threads, thread_count
 
 __all__ = ["EigenProRegressor", "EigenProClassifier", "auto_bandwidth"]
 
@@ -160,7 +161,7 @@ def _is_fitted_attribute(name: str) -> bool:
 #: Parameters a warm start may change: the others define the problem being continued.
 CONTINUABLE_PARAMS = frozenset(
     {"n_epochs", "tol", "verbose", "warm_start", "n_iter_no_change", "memory_gb", "device",
-     "batch_size", "step_size", "random_state", "probability"}
+     "batch_size", "step_size", "random_state", "probability", "n_threads"}
 )  # fmt: skip
 #: Entries of a precomputed kernel matrix compared with its transpose at a time.
 SYMMETRY_BLOCK_ELEMENTS = 2**22
@@ -338,12 +339,33 @@ class _BaseEigenPro(BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
+        "n_threads": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(self, **params):
         """Store the parameters as given (each public class spells out its signature, which
         scikit-learn reads, and names itself in errors about unknown keywords)."""
         vars(self).update(params)
+
+    @contextmanager
+    def _own_threads(self, X=None, fitting: bool = False):
+        """Every thread pool at this estimator's thread count (:mod:`eigenpro.threads`)
+        for the enclosed calls on ``X``; a fit records it in ``n_threads_``."""
+        if fitting:
+            self._validate_params()  # before the count: n_threads is one of the parameters
+        shape = getattr(X, "shape", None)
+        work = None
+        if shape is not None and len(shape) == 2:
+            n, d = int(shape[0]), int(shape[1])
+            p = self.centers_.shape[0] if not fitting else n
+            work = fit_work(n, d, SELECTION_ROWS) if fitting else 2.0 * n * p * (d + 16)
+        choice = thread_count(getattr(self, "n_threads", "auto"), work)
+        with limited_threads(choice.n_threads):
+            if fitting:
+                self.n_threads_ = choice.n_threads
+                if self.verbose:
+                    print(f"[EigenPro] threads: {choice.reason}")
+            yield choice
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
@@ -883,7 +905,9 @@ class _BaseEigenPro(BaseEstimator):
     def _raw_predict(self, X) -> np.ndarray:
         """``K(X, centers_) @ dual_coef_`` as float64 numpy of shape (n, l)."""
         check_is_fitted(self, "dual_coef_")
-        return self._outputs(self._validate_X(X, reset=False))
+        X = self._validate_X(X, reset=False)
+        with self._own_threads(X):
+            return self._outputs(X)
 
     def _outputs(self, X) -> np.ndarray:
         """``K(X, centers_) @ dual_coef_`` for validated ``X`` (a sparse ``X`` densified
@@ -1056,6 +1080,13 @@ default="auto"
         preconditioner, batch and step size, held-out split and centers; ``n_epochs`` counts
         further epochs and ``history_`` continues. Otherwise it starts afresh with a
         warning. With early stopping, the best epoch of both fits is kept.
+    n_threads : int or "auto", default="auto"
+        Threads of every pool a fit or a prediction runs (torch's, and the BLAS and OpenMP
+        libraries under numpy and scipy, through threadpoolctl), set for the library's own
+        calls and put back after them. ``"auto"``: :func:`torch.get_num_threads` (one per
+        core, or what ``OMP_NUM_THREADS``, :func:`torch.set_num_threads` or a joblib worker
+        says), lowered to the CPUs other processes leave free when the fit starts
+        (:mod:`eigenpro.threads`). Fitted value: ``n_threads_``.
 
     Attributes
     ----------
@@ -1083,6 +1114,8 @@ default="auto"
         (None when nothing was searched).
     model_size_ : dict or None
         What ``n_centers="auto"`` chose and why (None for a given ``n_centers``).
+    n_threads_ : int
+        Threads the fit ran on (see ``n_threads``).
     bandwidth_, n_components_, subsample_size_, batch_size_, step_size_ : float or int
         The values actually used.
     eigenvalues_ : ndarray
@@ -1142,6 +1175,7 @@ default="auto"
         random_state=None,
         verbose=0,
         warm_start=False,
+        n_threads="auto",
     ):
         super().__init__(**_arguments(locals()))
 
@@ -1168,7 +1202,7 @@ default="auto"
         -------
         self
         """
-        with _atomic_fit(self) as previous:
+        with _atomic_fit(self) as previous, self._own_threads(X, fitting=True):
             self._fit_regressor(X, y, sample_weight, eval_set, self._continued(previous))
         return self
 
@@ -1219,7 +1253,7 @@ class EigenProClassifier(ClassifierMixin, _BaseEigenPro):
     kernel, bandwidth, kernel_params, n_epochs, n_components, subsample_size, batch_size, \
 tol, step_size, memory_gb, alpha, fit_intercept, early_stopping, validation_fraction, \
 n_iter_no_change, n_centers, compute_budget, inner_params, device, dtype, random_state, \
-verbose, warm_start
+verbose, warm_start, n_threads
         See :class:`EigenProRegressor`.
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes, multiplied into ``sample_weight``: a dict ``{label:
@@ -1302,6 +1336,7 @@ world_size_, intercept_, alpha_, selection_, model_size_
         warm_start=False,
         class_weight=None,
         probability=False,
+        n_threads="auto",
     ):
         super().__init__(**_arguments(locals()))
 
@@ -1327,7 +1362,7 @@ world_size_, intercept_, alpha_, selection_, model_size_
         -------
         self
         """
-        with _atomic_fit(self) as previous:
+        with _atomic_fit(self) as previous, self._own_threads(X, fitting=True):
             self._fit_classifier(X, y, sample_weight, eval_set, self._continued(previous))
         return self
 

@@ -11,9 +11,10 @@ residuals (as in :class:`sklearn.linear_model.RidgeCV`)::
 One symmetric eigendecomposition per bandwidth therefore scores a whole log grid of ridges
 (``s^2`` operations per ``alpha`` and output). :func:`select_hyperparameters` scores a few
 bandwidths about the data's scale this way (the middle ones first, then outward while an
-end scores best) and keeps the pair with the smallest leave-one-out error. The ridge is chosen for ``s`` rows; :func:`ridge_for_size` carries it
-to the ``n`` rows of the fit (the per-row regularisation ``alpha / n`` a kernel ridge
-estimator needs falls as n grows, ``alpha`` itself grows more slowly than n).
+end scores best) and keeps the pair with the smallest leave-one-out error. The ridge is
+chosen for ``s`` rows; :func:`ridge_for_size` carries it to the ``n`` rows of the fit (the
+per-row regularisation ``alpha / n`` a kernel ridge estimator needs falls as n grows,
+``alpha`` itself grows more slowly than n).
 
 Sample weights enter as a diagonal scaling of the kernel (``S K S``, targets ``S y``,
 ``S = diag(sqrt(w))``): the leave-one-out residuals of that problem are ``sqrt(w_i)`` times the

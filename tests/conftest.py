@@ -1,9 +1,19 @@
-"""Shared fixtures: real data sets from ../shared/datasets (skipped cleanly where absent)."""
+"""Shared fixtures: real data sets from ../shared/datasets (skipped cleanly where absent),
+and a thread count that does not follow the machine's load."""
 
 import numpy as np
 import pytest
 
+from eigenpro import threads
 from eigenpro.datasets import dataset_available, load_mnist
+
+
+@pytest.fixture(autouse=True)
+def _quiet_machine(monkeypatch):
+    """Count no other processes as busy: ``n_threads="auto"`` follows the machine's load, and
+    a different thread count sums products in a different order, so two fits of one test
+    could differ in the last bits. tests/test_threads.py checks the load reading itself."""
+    monkeypatch.setattr(threads, "cpus_busy_elsewhere", lambda: 0)
 
 
 @pytest.fixture(scope="session")
