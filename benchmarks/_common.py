@@ -22,9 +22,9 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: What the studies of a fixed method (MNIST, CIFAR-10, throughput, scaling) hold fixed where
 #: the estimators now choose from the data: no ridge, no intercept, exactly ``--epochs``
-#: epochs. Their figures measure the method, not the automatic choices (``tabular.py``
-#: measures those).
-FIXED_SETTINGS = {"alpha": 0.0, "tol": None, "fit_intercept": False}
+#: epochs, IEEE float32 products (``throughput.py`` also times bf16). Their figures measure
+#: the method, not the automatic choices (``tabular.py`` measures those).
+FIXED_SETTINGS = {"alpha": 0.0, "tol": None, "fit_intercept": False, "precision": "ieee"}
 #: ... and every training point a center (EigenPro 2), as the papers' MNIST runs.
 PAPER_SETTINGS = {**FIXED_SETTINGS, "n_centers": None}
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
@@ -193,6 +193,7 @@ def kernel_floor_seconds(
     device="cpu",
     block_rows: int = 4096,
     repeats: int = 2,
+    precision: str = "ieee",
 ) -> float:
     """Seconds of the physical floor of one epoch (DESIGN.md section 3), measured here.
 
@@ -203,7 +204,11 @@ def kernel_floor_seconds(
     in float32, the faster GEMM there, as the library does since 1d95c9f: see
     ``eigenpro.kernels.NARROW_GEMM_COLUMNS``; written out here so that the floor of older
     code is the same). No distances, no preconditioner, no shuffling: a lower bound.
+    ``precision="bf16"``: the first product with bf16 operands and float32 accumulation
+    (:func:`eigenpro.precision.bf16_products`), as the library's bf16 distance products.
     """
+    from eigenpro.precision import bf16_products
+
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     # Inner products in [-1, 0], like the exponents of a real kernel block (no overflow).
@@ -224,7 +229,11 @@ def kernel_floor_seconds(
         sync(device)
         start = time.perf_counter()
         for _ in range(reps):
-            torch.mm(X, Z.T, out=block)
+            if precision == "bf16":
+                with bf16_products(device):
+                    torch.mm(X, Z.T, out=block)
+            else:
+                torch.mm(X, Z.T, out=block)
             block.exp_()
             torch.mm(block, W, out=out)
         sync(device)
@@ -254,7 +263,10 @@ def _jsonable(value):
 
 
 def settings(args: argparse.Namespace, **extra) -> dict:
+    """The run's options, and the settings the studies of a fixed method hold
+    (:data:`FIXED_SETTINGS`, the products' precision included)."""
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    out["fixed_settings"] = dict(FIXED_SETTINGS)
     out.update(extra)
     return out
 

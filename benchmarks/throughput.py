@@ -9,7 +9,9 @@ same-sized float matmul for the full n x n kernel block, its exponentials and th
 with the coefficients; DESIGN.md section 3) and their ratio; the peak resident memory of
 the first fit against the size of the training data. Also the same floor computed in row
 blocks of the fit's batch size (the GEMM shape an SGD epoch has: every batch streams all the
-centers through the caches) and the epoch's ratio to it.
+centers through the caches) and the epoch's ratio to it. Each n is timed once per
+``--precisions`` (``ieee``, ``bf16``: :mod:`eigenpro.precision`), the floor in the same
+precision and in IEEE float32 beside it.
 
     python benchmarks/throughput.py                        # n = 10000, 30000, 60000
     python benchmarks/throughput.py --tag before --note "..."  # keep a baseline beside it
@@ -46,26 +48,30 @@ def main():
                    help="after --epochs tries, try again while less time than this was spent "
                    "on one n (more tries where they are cheap)")  # fmt: skip
     p.add_argument("--note", default=None, help="what code was timed, recorded as 'code'")
+    p.add_argument("--precisions", nargs="+", default=["ieee", "bf16"], choices=["ieee", "bf16"],
+                   help="precisions of the kernel products timed")  # fmt: skip
     args = p.parse_args()
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     X_all, y_all, _, _ = load_mnist_scaled(args.data_dir, max(args.n_train))
     rows = []
-    for n in args.n_train:
+    for n, precision in itertools.product(args.n_train, args.precisions):
         X, y = np.ascontiguousarray(X_all[:n]), y_all[:n]
         data_mib = X.nbytes / 2**20
         floor_sample = functools.partial(
             kernel_floor_seconds, n, n, X.shape[1], 10, dtype=dtype, device=device, repeats=1
         )
+        own_floor = functools.partial(floor_sample, precision=precision)
         # Floors and epochs interleaved (floor, fit, floor, fit, ..., floor), each fit one
         # epoch: both minima then come from the same minutes of a machine whose speed drifts.
-        floors, epochs, batch_floors = [floor_sample()], [], []
+        floors, epochs, batch_floors, ieee_floors = [own_floor()], [], [], [floor_sample()]
         started = time.perf_counter()
         for attempt in itertools.count():
             if attempt >= args.epochs and time.perf_counter() - started > args.seconds_per_n:
                 break
             clf = EigenProClassifier(
                 kernel="gaussian", bandwidth=5.0, n_epochs=1, device=device,
-                dtype=args.dtype, random_state=args.seed, verbose=1, **PAPER_SETTINGS,
+                dtype=args.dtype, random_state=args.seed, verbose=1,
+                **{**PAPER_SETTINGS, "precision": precision},
             )  # fmt: skip
             with peak_memory(device) as measured:
                 start = time.perf_counter()
@@ -74,21 +80,26 @@ def main():
             if attempt == 0:
                 mem, setup = measured, fit_seconds - clf.history_[0]["seconds"]
             epochs.append(clf.history_[0]["seconds"])
-            floors.append(floor_sample())
-            batch_floors.append(floor_sample(block_rows=clf.batch_size_))
-        epoch_seconds, floor = min(epochs), min(floors)
+            floors.append(own_floor())
+            ieee_floors.append(floor_sample())
+            batch_floors.append(own_floor(block_rows=clf.batch_size_))
+        epoch_seconds, floor, ieee_floor = min(epochs), min(floors), min(ieee_floors)
         row = {
             "n": n,
             "d": X.shape[1],
+            "precision": clf.precision_,
             "epoch_seconds": epoch_seconds,
             "floor_seconds": floor,
             "ratio_to_floor": epoch_seconds / floor,
+            "ieee_floor_seconds": ieee_floor,
+            "ratio_to_ieee_floor": epoch_seconds / ieee_floor,
             "batch_floor_seconds": min(batch_floors),
             "ratio_to_batch_floor": epoch_seconds / min(batch_floors),
             "batch_floor_tries_seconds": batch_floors,
             "setup_seconds": setup,
             "epoch_tries_seconds": epochs,
             "floor_tries_seconds": floors,
+            "ieee_floor_tries_seconds": ieee_floors,
             "data_mib": data_mib,
             "peak_rss_mib": mem["peak_mib"],
             "rss_before_fit_mib": mem["start_mib"],
@@ -101,8 +112,9 @@ def main():
             row["gpu_peak_mib"] = mem["gpu_peak_mib"]
         rows.append(row)
         print(
-            f"n={n}: epoch {epoch_seconds:.1f} s, floor {floor:.1f} s, "
-            f"ratio {row['ratio_to_floor']:.3f} (at the batch's rows "
+            f"n={n} {precision}: epoch {epoch_seconds:.1f} s, floor {floor:.1f} s, "
+            f"ratio {row['ratio_to_floor']:.3f} (to the IEEE floor {ieee_floor:.1f} s: "
+            f"{row['ratio_to_ieee_floor']:.3f}; at the batch's rows "
             f"{row['ratio_to_batch_floor']:.3f}); peak RSS {mem['peak_mib']:.0f} MiB "
             f"(data {data_mib:.0f} MiB)"
         )
@@ -126,14 +138,18 @@ def main():
 def plot(rows, path):
     import matplotlib.pyplot as plt
 
-    ns = [r["n"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(ns, [r["epoch_seconds"] for r in rows], "o-", label="EigenPro epoch")
-    left.plot(ns, [r["floor_seconds"] for r in rows], "s--", label="floor (matmul + exp)")
-    for r in rows:
-        left.annotate(f"{r['ratio_to_floor']:.2f}x", (r["n"], r["epoch_seconds"]))
+    for precision in sorted({r["precision"] for r in rows}):
+        mine = [r for r in rows if r["precision"] == precision]
+        ns = [r["n"] for r in mine]
+        left.plot(ns, [r["epoch_seconds"] for r in mine], "o-", label=f"epoch, {precision}")
+        left.plot(ns, [r["floor_seconds"] for r in mine], "s--", label=f"floor, {precision}")
+        for r in mine:
+            left.annotate(f"{r['ratio_to_floor']:.2f}x", (r["n"], r["epoch_seconds"]))
     left.set(xlabel="n", ylabel="seconds", title="one epoch against the floor")
     left.legend()
+    rows = [r for r in rows if r["precision"] == rows[0]["precision"]]
+    ns = [r["n"] for r in rows]
     right.plot(ns, [r["peak_rss_mib"] for r in rows], "o-", label="peak RSS of the fit")
     right.plot(ns, [r["data_mib"] for r in rows], "s--", label="training data")
     right.plot(ns, [r["data_mib"] + 2048 for r in rows], ":", label="data + 2 GiB")

@@ -12,6 +12,7 @@ their profile in place.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ._device import private_cache_bytes
+from .precision import bf16_products, round_to_bf16_, split_bf16
 
 __all__ = [
     "Kernel",
@@ -100,6 +102,9 @@ class PreparedCenters:
 #: whose rounding depends on a row's position in its block, which would make a prediction
 #: depend on the rows predicted with it. Zeros change no value.
 FEATURE_MULTIPLE = 8
+#: bf16 parts of each squared norm in a bf16 distance product
+#: (:func:`~eigenpro.precision.split_bf16`).
+_NORM_PARTS = 3
 
 
 def padded_width(width: int) -> int:
@@ -174,8 +179,29 @@ class RadialKernel(Kernel):
     intermediate near 1 whatever the features' scale (1e-20 or 1e20 alike).
     """
 
-    #: The factor ``c`` of the fused product ``c |u - v|^2``.
+    #: The factor ``c`` of the fused product ``c |u - v|^2`` (a power of two, so that
+    #: scaling by it keeps bf16 values exact).
     distance_scale = 1.0
+    #: Operands of the distance product: ``"ieee"`` or ``"bf16"`` (:mod:`eigenpro.precision`;
+    #: float32 blocks only, others are computed as they are).
+    _precision = "ieee"
+
+    @property
+    def precision(self) -> str:
+        """The precision of this kernel's float32 distance products."""
+        return self._precision
+
+    def with_precision(self, precision: str) -> RadialKernel:
+        """A copy of this kernel whose float32 distance products use ``precision``
+        (``"ieee"`` or ``"bf16"``, :mod:`eigenpro.precision`)."""
+        if precision not in ("ieee", "bf16"):
+            raise ValueError(f"precision must be 'ieee' or 'bf16'; got {precision!r}")
+        other = copy.copy(self)
+        other._precision = precision
+        return other
+
+    def _bf16(self, X: torch.Tensor) -> bool:
+        return self._precision == "bf16" and X.dtype == torch.float32
 
     def __init__(self, bandwidth: float = 1.0):
         bandwidth = float(bandwidth)
@@ -194,13 +220,26 @@ class RadialKernel(Kernel):
         copy of ``X``."""
         n, d = X.shape
         c = self.distance_scale
-        out = torch.empty(n, padded_width(d + 2), dtype=X.dtype, device=X.device)
-        out[:, d + 2 :] = 0.0
+        bf16 = self._bf16(X)
+        extra = 2 * _NORM_PARTS if bf16 else 2
+        out = torch.empty(n, padded_width(d + extra), dtype=X.dtype, device=X.device)
+        out[:, d + extra :] = 0.0
         units = out[:, :d]
         torch.sub(X, origin.to(device=X.device, dtype=X.dtype), out=units)
         units.div_(self.bandwidth)  # u = (x - o) / h
+        if bf16:  # consistent rounding: the norms are the rounded operands' (precision.py)
+            round_to_bf16_(units)
         sq = _sq_norms(units).mul_(c)
-        if centers:
+        if bf16:
+            parts = split_bf16(sq, _NORM_PARTS)
+            k = _NORM_PARTS
+            first, second = slice(d, d + k), slice(d + k, d + 2 * k)
+            ones, norms = (first, second) if centers else (second, first)
+            if not centers:
+                units.mul_(-2.0 * c)
+            out[:, ones] = 1.0
+            out[:, norms] = parts
+        elif centers:
             out[:, d] = 1.0
             out[:, d + 1] = sq
         else:
@@ -218,6 +257,9 @@ class RadialKernel(Kernel):
         return self._augmented(X, centers.origin, centers=False)
 
     def prepared_block(self, points, centers, out=None):
+        if self._bf16(points):
+            with bf16_products(points.device):
+                return self.profile_(torch.mm(points, centers.data.T, out=out))
         return self.profile_(torch.mm(points, centers.data.T, out=out))
 
     def block(self, X, Z):

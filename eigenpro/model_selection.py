@@ -32,6 +32,8 @@ import scipy.linalg
 import torch
 from scipy.spatial.distance import pdist
 
+from .eigensystem import check_symmetric
+
 __all__ = [
     "Selection",
     "leave_one_out_errors",
@@ -110,6 +112,12 @@ class Selection:
         Each row's prediction by the chosen pair fitted without it (the solver's target
         units): held-out outputs at no cost, on which the classifier fits its
         probabilities' temperature.
+    rows : ndarray of shape (n_rows,) or None
+        Positions of the subsample's rows in the training data (set by the caller).
+    eigensystem : (eigenvalues, eigenvectors) or None
+        Every eigenpair of the chosen kernel's matrix on the rows, increasing, float64
+        (computed in :data:`SELECTION_EIGH_DTYPE`); None with sample weights (then it is
+        the weighted matrix's). The EigenPro 2 preconditioner reuses it.
     """
 
     bandwidth: float | None
@@ -120,6 +128,7 @@ class Selection:
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     loo_predictions: np.ndarray | None = field(default=None, repr=False)
     rows: np.ndarray | None = field(default=None, repr=False)
+    eigensystem: tuple | None = field(default=None, repr=False)
 
     @property
     def best_score(self) -> float:
@@ -208,10 +217,13 @@ def _loo_parts(vals, vecs, Y, alphas: torch.Tensor):
     return residual.reshape(vecs.shape[0], alphas.numel(), Y.shape[1]), leverage_gap
 
 
-def _scored(kernel, X, Y, root_weights, alphas, alpha_floor):
-    """(ridges, their leave-one-out squared errors, the eigensystem) for one kernel."""
+def _scored(kernel, X, Y, root_weights, alphas, alpha_floor, check: bool = False):
+    """(ridges, their leave-one-out squared errors, the eigensystem) for one kernel
+    (``check``: that its matrix is symmetric, as the solvers' eigendecompositions assume)."""
     s = X.shape[0]
     kmat = kernel(X, X).to(torch.float64)
+    if check:
+        check_symmetric(kmat)
     if root_weights is not None:
         kmat = kmat * root_weights[:, None] * root_weights[None, :]
     kmat = 0.5 * (kmat + kmat.T)
@@ -287,8 +299,9 @@ def select_hyperparameters(
 
     def score(i: int) -> float:
         grid, errors, system = _scored(
-            make_kernel(candidates[i]), X, Y, root_weights, alphas, alpha_floor
-        )
+            make_kernel(candidates[i]), X, Y, root_weights, alphas, alpha_floor,
+            check=not scored,
+        )  # fmt: skip
         row = 1.0 - errors / total if total > 0 else np.where(errors > 0, -np.inf, 0.0)
         scored[i] = (row, grid, system)
         finite = row[np.isfinite(row)]
@@ -316,6 +329,7 @@ def select_hyperparameters(
     return Selection(
         bandwidth=candidates[b], alpha=alpha, n_rows=X.shape[0], bandwidths=candidates,
         alphas=grids[b], scores=table, loo_predictions=loo.numpy(),
+        eigensystem=systems[b] if root_weights is None else None,
     )  # fmt: skip
 
 
@@ -393,7 +407,8 @@ def choose(
         return chosen, FALLBACK_ALPHA * n_train, None
     bandwidths = None
     if search_bandwidth:
-        bandwidths = [median_distance(X) * f for f in BANDWIDTH_FACTORS]
+        median = median_distance(X)
+        bandwidths = [median * f for f in BANDWIDTH_FACTORS]
     to_size = (s / n_train) ** RIDGE_EXPONENT  # a ridge for n_train rows, as it is on s rows
     selection = select_hyperparameters(
         lambda h: make_kernel(bandwidth if h is None else h),

@@ -40,6 +40,7 @@ import torch
 
 from .conjugate_gradient import ConjugateGradient, plan_sgd_epochs, preconditioner_jitter
 from .distributed import Communicator
+from .eigensystem import NystromSample
 from .kernels import Kernel, PreparedCenters, kernel_matmul, narrow_mm, padded_width
 from .model import CenterModel
 from .preconditioner import (
@@ -50,6 +51,7 @@ from .preconditioner import (
     default_subsample_size,
     preconditioned_top_eigenvalue,
     setup_bytes,
+    subsample_suffices,
 )
 from .projections import (
     INNER_PASSES_PER_EPOCH,
@@ -80,6 +82,14 @@ __all__ = [
     "subsample_size_for_budget",
 ]
 
+#: A Nystrom subsample handed to :func:`fit` (the model selection's 1000 rows) replaces the
+#: automatic one on data up to this many times its size: where the automatic rule
+#: (:func:`~eigenpro.preconditioner.default_subsample_size`, ``n / 15``) sits at its
+#: minimum of 2000 points. Its eigendecomposition is then free: at n = 5000 the 2000-point
+#: one took 0.9 s of a 1.7 s fit. Measured on two real tables (CPS1988, diamonds) at
+#: n = 5000, 10000 and 20000: 1000 against 2000 points gave q within 2, held-out R^2
+#: within 0.0002, and 7-16 epochs against 7-13.
+NYSTROM_REUSE_FACTOR = 30
 #: An epoch is abandoned at once when its running loss exceeds this multiple of the
 #: reference loss: the previous epoch's loss (the zero model's loss in the first epoch).
 DIVERGENCE_FACTOR = 2.0
@@ -711,6 +721,7 @@ def fit(
     verbose: int = 0,
     no_exact_fit: str | None = None,
     warm: WarmStart | None = None,
+    nystrom: NystromSample | None = None,
 ) -> FitResult:
     """Fit ``f = sum_j coef_j k(z_j, .)`` by EigenPro, with every setting resolved here.
 
@@ -772,6 +783,14 @@ def fit(
     warm : WarmStart, optional
         Continue a fit on the same data and centers (``FitResult.warm``): start from its
         coefficients with its preconditioner, batch size and step size (unless given).
+    nystrom : NystromSample, optional
+        A subsample of the training points with its eigensystem known (the model
+        selection's, single precision): with ``centers=None`` and ``subsample_size`` and
+        ``n_components`` both ``"auto"`` it is the Nystrom subsample, and the
+        preconditioner needs no eigendecomposition, where the data are at most
+        :data:`NYSTROM_REUSE_FACTOR` times its size, the budget allows the automatic size,
+        and the training dtype resolves fewer components than its size allows
+        (:func:`~eigenpro.preconditioner.subsample_suffices`).
 
     Returns
     -------
@@ -794,7 +813,7 @@ def fit(
         ridge=ridge, rng=rng, comm=comm, warm=warm,
     )  # fmt: skip
     if centers is None:
-        run = _setup_training_points(kernel, data, targets, **settings)
+        run = _setup_training_points(kernel, data, targets, nystrom=nystrom, **settings)
     else:
         inner = check_inner(inner)
         inner["sgd_epochs"] = plan_sgd_epochs(inner["sgd_epochs"], n_epochs, warm is not None)
@@ -833,7 +852,7 @@ def _resolve_batch_and_step(
 
 def _setup_training_points(
     kernel, data, targets, *, device, dtype, memory_budget, batch_size, step_size,
-    n_components, subsample_size, ridge, rng, comm, warm,
+    n_components, subsample_size, ridge, rng, comm, warm, nystrom=None,
 ) -> _Run:  # fmt: skip
     """EigenPro 2: the training points are the centers (identity projection)."""
     X = data if isinstance(data, torch.Tensor) else data.whole(dtype, device)
@@ -842,6 +861,16 @@ def _setup_training_points(
     sized = subsample_size_for_budget(n, d, n_out, device, dtype, memory_budget)
     if warm is not None:
         sized = subsample_size = warm.preconditioner.subsample_indices.numel()
+    reuse = (
+        nystrom is not None and warm is None and subsample_size == "auto"
+        and n_components == "auto"
+        and len(nystrom.indices) <= sized and n <= NYSTROM_REUSE_FACTOR * len(nystrom.indices)
+    )  # fmt: skip
+    if reuse:  # ... unless the dtype resolves more components than its size allows
+        sub = torch.as_tensor(nystrom.indices, device=X.device)
+        reuse = subsample_suffices(kernel, X[sub], nystrom.eigensystem.eigenvalues, dtype)
+    if reuse:
+        sized = len(nystrom.indices)
     s = _subsample(subsample_size, n, "subsample_size", sized)
     lo, hi = comm.shard(n)
     plan = memory_plan(hi - lo, d, n_out, s, device, dtype, memory_budget)
@@ -849,6 +878,7 @@ def _setup_training_points(
         precond = build_preconditioner(
             kernel, X, n_components=n_components, subsample_size=s,
             max_batch_size=plan.max_batch_size, ridge=ridge, rng=rng, dtype=dtype,
+            nystrom=nystrom if reuse else None,
         )  # fmt: skip
     else:
         precond = _to_device(warm.preconditioner, device, dtype)
