@@ -13,10 +13,13 @@ split) and the fixed 75/25 split, it measures held-out R^2 and fit seconds of
 - ``KernelRidge`` (Gaussian kernel, centred and scaled targets) tuned by a 3-fold grid over
   alpha and gamma, on training sets of at most :data:`KRR_MAX_ROWS` rows (it holds n x n);
 - ``HistGradientBoostingRegressor()`` with its defaults;
+- ``EigenProRFMRegressor()`` (feature learning, :mod:`eigenpro.feature_learning`) and, when
+  installed, xRFM's defaults on the CPU (``pip install xrfm``; 20% of the training rows held
+  out as its validation set);
 - on the largest set, ``EigenProRegressor(n_centers=None)`` (every training point a center,
   the default before ``n_centers="auto"``), unless ``--skip-all-points``.
 
-On the classification sets: ``EigenProClassifier()`` against
+On the classification sets: ``EigenProClassifier()`` and ``EigenProRFMClassifier()`` against
 ``HistGradientBoostingClassifier()`` (accuracy, ROC AUC, log-loss).
 
 Nothing is tuned on the test split; seeds are fixed. Writes ``tabular.json`` and
@@ -36,15 +39,21 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS_DIR, machine, plot_path, versions, write_json
 from _tabular import CLASSIFICATION, REGRESSION, TEST_FRACTION, preprocessor, split
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.metrics import accuracy_score, log_loss, r2_score, roc_auc_score
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV, KFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from eigenpro import EigenProClassifier, EigenProRegressor
+from eigenpro import (
+    EigenProClassifier,
+    EigenProRegressor,
+    EigenProRFMClassifier,
+    EigenProRFMRegressor,
+)
 
 #: The EigenPro grid a user had to search before the automatic defaults (issue 24).
 EIGENPRO_GRID = {"bandwidth": [0.5, 2.0, 8.0], "alpha": [0.0, 1e-3, 0.1]}
@@ -54,6 +63,44 @@ KRR_GRID = {"alpha": np.logspace(-4, 1, 6).tolist(), "gamma": np.logspace(-4, 0,
 GRID_MAX_ROWS = 45_000  # every set but the 100,000-row one
 KRR_MAX_ROWS = 6_000
 CV_FOLDS = 3
+
+
+class XRFMRegressor(RegressorMixin, BaseEstimator):
+    """xRFM (``pip install xrfm``) with its defaults on the CPU, as a scikit-learn regressor:
+    it needs a validation set, so 20% of the training rows are held out (as
+    ``EigenProRFMRegressor``'s ``validation_fraction``), and the targets are centred."""
+
+    def __init__(self, random_state=0):
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        import torch
+        from xrfm import xRFM
+
+        X, y = np.asarray(X, np.float32), np.asarray(y, np.float32)
+        fit_rows, val_rows = train_test_split(
+            np.arange(len(X)), test_size=0.2, random_state=self.random_state
+        )
+        self.mean_ = float(y[fit_rows].mean())
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        self.model_ = xRFM(device="cpu", random_state=self.random_state, verbose=False)
+        self.model_.fit(t(X[fit_rows]), t(y[fit_rows] - self.mean_).reshape(-1, 1),
+                        t(X[val_rows]), t(y[val_rows] - self.mean_).reshape(-1, 1))  # fmt: skip
+        return self
+
+    def predict(self, X):
+        import torch
+
+        out = self.model_.predict(torch.from_numpy(np.asarray(X, np.float32)))
+        return np.asarray(out, dtype=np.float64).reshape(-1) + self.mean_
+
+
+def _xrfm_available() -> bool:
+    try:
+        import xrfm  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _timed_fit(model, X, y) -> float:
@@ -69,7 +116,10 @@ def _regressors(n_train: int, seed: int, largest: bool, all_points: bool, search
     models = {
         "EigenPro defaults": EigenProRegressor(random_state=seed),
         "HistGradientBoosting defaults": HistGradientBoostingRegressor(random_state=seed),
-    }
+        "EigenPro RFM defaults": EigenProRFMRegressor(random_state=seed),
+        "xRFM defaults": (XRFMRegressor(random_state=seed) if _xrfm_available()
+                          else "skipped: xrfm not installed (pip install xrfm)"),
+    }  # fmt: skip
 
     def searched(search, max_rows: int, why: str = ""):
         """``search``, or the reason it is skipped."""
@@ -106,6 +156,11 @@ def _describe(model) -> dict:
         final = final.regressor_
     if isinstance(final, GridSearchCV):
         return {"best_params": final.best_params_}
+    if isinstance(final, (EigenProRFMRegressor, EigenProRFMClassifier)):
+        top = np.argsort(final.feature_importances_)[::-1][:5]
+        return {"best_round_": final.best_round_, "rounds_": final.rounds_,
+                "top_features": top.tolist(),
+                "top_importances": final.feature_importances_[top].tolist()}  # fmt: skip
     if isinstance(final, (EigenProRegressor, EigenProClassifier)):
         return {
             "bandwidth_": final.bandwidth_, "alpha_": final.alpha_, "n_centers_": final.n_centers_,
@@ -148,6 +203,7 @@ def classification(data, seed: int) -> dict:
     models = {
         "EigenPro defaults": EigenProClassifier(random_state=seed),
         "HistGradientBoosting defaults": HistGradientBoostingClassifier(random_state=seed),
+        "EigenPro RFM defaults": EigenProRFMClassifier(random_state=seed),
     }
     for name, model in models.items():
         pipe = make_pipeline(preprocessor(X_train), model)
@@ -170,13 +226,14 @@ def plot(results: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     sets = list(results["regression"])
-    names = ["EigenPro defaults", "EigenPro 3x3 grid (before)", "KernelRidge grid",
+    names = ["EigenPro defaults", "EigenPro RFM defaults", "xRFM defaults", "KernelRidge grid",
              "HistGradientBoosting defaults"]  # fmt: skip
     fig, (ax_r2, ax_s) = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        r2 = [results["regression"][s]["models"][name].get("r2", np.nan) for s in sets]
-        sec = [results["regression"][s]["models"][name].get("fit_seconds", np.nan) for s in sets]
+        r2 = [results["regression"][s]["models"].get(name, {}).get("r2", np.nan) for s in sets]
+        sec = [results["regression"][s]["models"].get(name, {}).get("fit_seconds", np.nan)
+               for s in sets]  # fmt: skip
         x = np.arange(len(sets)) + i * width
         ax_r2.bar(x, np.clip(r2, 0, None), width, label=name)
         ax_s.bar(x, sec, width, label=name)

@@ -6,6 +6,7 @@ the preconditioner flattens the top of the kernel's spectrum, so SGD takes steps
 """
 
 from .estimators import EigenProClassifier, EigenProRegressor
+from .feature_learning import EigenProRFMClassifier, EigenProRFMRegressor
 from .kernels import get_kernel
 from .solver import DivergenceError
 
@@ -14,6 +15,8 @@ __version__ = "0.1.0"
 __all__ = [
     "EigenProClassifier",
     "EigenProRegressor",
+    "EigenProRFMClassifier",
+    "EigenProRFMRegressor",
     "DivergenceError",
     "get_kernel",
     "__version__",

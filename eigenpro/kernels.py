@@ -36,6 +36,7 @@ __all__ = [
     "LinearKernel",
     "CallableKernel",
     "ScaledKernel",
+    "MahalanobisKernel",
     "PrecomputedKernel",
     "KERNELS",
     "get_kernel",
@@ -501,6 +502,68 @@ class ScaledKernel(Kernel):
         if isinstance(self.base, CallableKernel):  # the user's tensor: not in place
             return block * scale * centers.scale
         return block.mul_(scale).mul_(centers.scale)
+
+
+class MahalanobisKernel(Kernel):
+    """A radial kernel in a metric ``M``: ``k_M(x, z) = phi(|x - z|_M / bandwidth)`` with
+    ``|v|_M^2 = v^T M v`` (the kernel of Recursive Feature Machines,
+    :mod:`eigenpro.feature_learning`).
+
+    The metric is folded into the operands once, ``x -> x T`` with ``T = M^(1/2)``: blocks,
+    prepared centers and the offset-invariant distance product are the base kernel's on the
+    mapped points.
+
+    Parameters
+    ----------
+    base : RadialKernel
+        ``phi`` and the bandwidth.
+    metric : array-like of shape (d, d) or (d,)
+        Symmetric positive semi-definite ``M``, or its diagonal.
+    """
+
+    name = "mahalanobis"
+
+    def __init__(self, base: RadialKernel, metric):
+        if not isinstance(base, RadialKernel):
+            raise TypeError(f"base must be a radial kernel; got {base!r}")
+        from .feature_learning import metric_root
+
+        metric = np.asarray(metric, dtype=np.float64)
+        if metric.ndim not in (1, 2) or (metric.ndim == 2 and metric.shape[0] != metric.shape[1]):
+            raise ValueError(f"metric must be (d, d) or (d,); got shape {metric.shape}")
+        if not np.isfinite(metric).all():
+            raise ValueError("metric contains NaN or infinite values")
+        self.base = base
+        self.metric = metric
+        root = metric_root(metric)
+        self._root = torch.from_numpy(np.diag(root) if root.ndim == 1 else root)
+
+    @property
+    def bandwidth(self) -> float:
+        return self.base.bandwidth
+
+    def _map(self, X: torch.Tensor) -> torch.Tensor:
+        if X.shape[1] != self._root.shape[0]:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but the metric is {self._root.shape[0]} x "
+                f"{self._root.shape[0]}"
+            )
+        return X @ self._root.to(device=X.device, dtype=X.dtype)
+
+    def block(self, X, Z):
+        return self.base.block(self._map(X), self._map(Z))
+
+    def diag(self, X):
+        return self.base.diag(self._map(X))
+
+    def prepare(self, Z):
+        return self.base.prepare(self._map(Z))
+
+    def prepare_points(self, X, centers):
+        return self.base.prepare_points(self._map(X), centers)
+
+    def prepared_block(self, points, centers, out=None):
+        return self.base.prepared_block(points, centers, out=out)
 
 
 class PrecomputedKernel(Kernel):
