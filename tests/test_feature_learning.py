@@ -119,7 +119,12 @@ def test_rfm_finds_the_relevant_features_and_beats_the_plain_model():
     assert set(np.argsort(rfm.feature_importances_)[-3:]) == {0, 1, 2}
     assert rfm.feature_importances_[3:].sum() < 0.05
     assert np.trace(rfm.metric_) == pytest.approx(X.shape[1])
-    assert rfm.best_round_ > 0 and len(rfm.rounds_) == 4
+    assert rfm.best_round_ > 0 and {r["round"] for r in rfm.rounds_} == {0, 1, 2, 3}
+    # round 0 tries both default kernels on the held-out rows and keeps the better
+    first = [r for r in rfm.rounds_ if r["round"] == 0]
+    assert {r["kernel"] for r in first} == {"laplacian", "gaussian"}
+    kept = max(first, key=lambda r: r["val_score"])["kernel"]
+    assert rfm.estimator_.kernel == kept
 
 
 def test_zero_rounds_is_the_plain_model():
