@@ -109,7 +109,9 @@ def _timed_fit(model, X, y) -> float:
     return time.perf_counter() - start
 
 
-def _regressors(n_train: int, seed: int, largest: bool, all_points: bool, searches=True) -> dict:
+def _regressors(
+    n_train: int, seed: int, largest: bool, all_points: bool, searches=True, xrfm=True
+) -> dict:
     """The models measured on one regression set (name -> estimator, or the reason it is
     skipped)."""
     cv = KFold(CV_FOLDS, shuffle=True, random_state=seed)
@@ -117,8 +119,11 @@ def _regressors(n_train: int, seed: int, largest: bool, all_points: bool, search
         "EigenPro defaults": EigenProRegressor(random_state=seed),
         "HistGradientBoosting defaults": HistGradientBoostingRegressor(random_state=seed),
         "EigenPro RFM defaults": EigenProRFMRegressor(random_state=seed),
-        "xRFM defaults": (XRFMRegressor(random_state=seed) if _xrfm_available()
-                          else "skipped: xrfm not installed (pip install xrfm)"),
+        "xRFM defaults": (
+            "skipped: --skip-xrfm" if not xrfm
+            else XRFMRegressor(random_state=seed) if _xrfm_available()
+            else "skipped: xrfm not installed (pip install xrfm)"
+        ),
     }  # fmt: skip
 
     def searched(search, max_rows: int, why: str = ""):
@@ -171,14 +176,14 @@ def _describe(model) -> dict:
     return {}
 
 
-def regression(data, seed: int, largest: bool, all_points: bool, searches=True) -> dict:
+def regression(data, seed: int, largest: bool, all_points: bool, searches=True, xrfm=True) -> dict:
     X_train, X_test, y_train, y_test = split(data)
     pre = preprocessor(X_train).fit(X_train)
     d = int(pre.transform(X_train.iloc[:2]).shape[1])
     n = len(X_train)
     out = {"target": data.target, "n_train": n, "n_test": len(X_test), "n_features": d,
            "models": {}}  # fmt: skip
-    for name, model in _regressors(n, seed, largest, all_points, searches).items():
+    for name, model in _regressors(n, seed, largest, all_points, searches, xrfm).items():
         if isinstance(model, str):
             out["models"][name] = {"skipped": model}
             print(f"{data.name:>26} | {name:<32} | {model}")
@@ -258,6 +263,8 @@ def main():
                    help="skip the every-point-a-center fit on the largest set")  # fmt: skip
     p.add_argument("--defaults-only", action="store_true",
                    help="the defaults only: no grid searches, no all-points fit")  # fmt: skip
+    p.add_argument("--skip-xrfm", action="store_true", help="leave xRFM out even if installed")
+    p.add_argument("--tag", default="", help="suffix of a partial run's result files")
     p.add_argument("--out", default=RESULTS_DIR)
     args, _ = p.parse_known_args()  # run_all's options for the other studies do not apply
 
@@ -270,6 +277,7 @@ def main():
         results["regression"][data.name] = regression(
             data, args.seed, data.name == largest,
             not (args.skip_all_points or args.defaults_only), not args.defaults_only,
+            not args.skip_xrfm,
         )  # fmt: skip
     for data in chosen(CLASSIFICATION):
         results["classification"][data.name] = classification(data, args.seed)
@@ -285,6 +293,7 @@ def main():
     out = Path(args.out)
     partial = args.sets or args.defaults_only
     name = "tabular_subset" if partial else "tabular"  # a subset never overwrites
+    name += f"_{args.tag}" if args.tag else ""
     write_json(out / f"{name}.json", results)
     if results["regression"]:
         plot(results, plot_path(out, name))
