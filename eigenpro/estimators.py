@@ -767,7 +767,10 @@ class _BaseEigenPro(BaseEstimator):
         self.precision_check_ = choice.as_dict()
         if self.verbose:
             print(f"[EigenPro] precision: {choice.reason}")
-        return kernel.with_precision("bf16") if bf16 else kernel
+        if not bf16:
+            return kernel
+        # one origin for every bf16 block: the selection rows' mean, the same on every rank
+        return kernel.with_precision("bf16", origin=np.asarray(rows, dtype=np.float64).mean(0))
 
     def _centers(self, spec, data: HostData, rng: np.random.Generator, np_dtype) -> torch.Tensor:
         """The centers ``spec`` (a number, or the points) on the host, in the training

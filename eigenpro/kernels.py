@@ -186,19 +186,26 @@ class RadialKernel(Kernel):
     #: Operands of the distance product: ``"ieee"`` or ``"bf16"`` (:mod:`eigenpro.precision`;
     #: float32 blocks only, others are computed as they are).
     _precision = "ieee"
+    #: bf16 rounds ``(x - o) / h``: one origin ``o`` for every block (None: each block's
+    #: centers' mean, which IEEE float32 may use since it only changes round-off).
+    _fixed_origin: torch.Tensor | None = None
 
     @property
     def precision(self) -> str:
         """The precision of this kernel's float32 distance products."""
         return self._precision
 
-    def with_precision(self, precision: str) -> RadialKernel:
+    def with_precision(self, precision: str, origin=None) -> RadialKernel:
         """A copy of this kernel whose float32 distance products use ``precision``
-        (``"ieee"`` or ``"bf16"``, :mod:`eigenpro.precision`)."""
+        (``"ieee"`` or ``"bf16"``, :mod:`eigenpro.precision`). ``origin``: the point every
+        bf16 block rounds about (the training data's mean), so that every block, on every
+        rank and at prediction, is the same kernel of the same rounded points."""
         if precision not in ("ieee", "bf16"):
             raise ValueError(f"precision must be 'ieee' or 'bf16'; got {precision!r}")
         other = copy.copy(self)
         other._precision = precision
+        if origin is not None:
+            other._fixed_origin = torch.as_tensor(np.asarray(origin, dtype=np.float64))
         return other
 
     def _bf16(self, X: torch.Tensor) -> bool:
@@ -251,7 +258,8 @@ class RadialKernel(Kernel):
         return out
 
     def prepare(self, Z: torch.Tensor) -> PreparedCenters:
-        origin = _origin(Z)
+        origin = self._fixed_origin if self._bf16(Z) and self._fixed_origin is not None else None
+        origin = _origin(Z) if origin is None else origin.to(Z.device)
         return PreparedCenters(self._augmented(Z, origin, centers=True), origin, Z.shape[1])
 
     def prepare_points(self, X: torch.Tensor, centers: PreparedCenters) -> torch.Tensor:

@@ -221,7 +221,7 @@ def choose_precision(
         why_not = bf16_unavailable(device)
     if why_not is not None:
         return PrecisionChoice("ieee", f"IEEE float32: {why_not}")
-    fast = kernel.with_precision("bf16")
+    fast = kernel.with_precision("bf16", origin=np.asarray(rows, dtype=np.float64).mean(0))
     X64 = torch.from_numpy(np.asarray(rows, dtype=np.float64))
     X32 = X64.to(device=device, dtype=torch.float32)
     probe = slice(0, min(PROBE_ROWS, X64.shape[0]))

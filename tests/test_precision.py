@@ -124,3 +124,19 @@ def test_a_default_small_fit_is_ieee_and_says_why():
     model = EigenProRegressor(random_state=0, n_epochs=2, tol=None).fit(X, X[:, 0])
     assert model.precision_ == "ieee"
     assert "features" in model.precision_check_["reason"]
+
+
+@needs_bf16
+def test_a_fixed_origin_makes_every_bf16_block_the_same_kernel():
+    """Blocks against different sets of centers (shards, tiles, the preconditioner's
+    subsample) round about the same origin, so a pair (x, z) has one kernel value."""
+    X = _points(50)
+    Z = torch.cat([_points(60, seed=1), _points(60, seed=2) + 2.0])  # halves with other means
+    origin = Z.double().mean(0).numpy()
+    fixed = GaussianKernel(6.0).with_precision("bf16", origin=origin)
+    whole, half = fixed(X, Z), fixed(X, Z[:60])
+    assert float((whole[:, :60] - half).abs().max()) < 1e-6  # float32 accumulation only
+    loose = GaussianKernel(6.0).with_precision("bf16")  # each block's own centers' mean
+    assert float((loose(X, Z)[:, :60] - loose(X, Z[:60])).abs().max()) > 1e-5  # not so
+    again = pickle.loads(pickle.dumps(fixed))
+    assert torch.equal(again(X, Z), whole)
