@@ -26,12 +26,7 @@ running loss) for both iterative methods. Nothing is tuned on the test set.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +34,7 @@ from _common import (
     PAPER_SETTINGS,
     falkon_fit,
     iterate_until,
+    krr_in_worker,
     load_mnist_scaled,
     machine,
     parser,
@@ -138,26 +134,7 @@ def kernel_ridge(X, y, X_test, y_test, args):
         return {"skipped": f"needs about {need / 2**30:.0f} GiB for its n x n float64 matrices"}
     if n > args.krr_max_n:
         return {"skipped": f"n > --krr-max-n ({args.krr_max_n}): over the time budget"}
-    # In a process of its own: a crash of the exact solver becomes a reported skip, and the
-    # worker's peak memory is the exact solver's alone. scipy's OpenBLAS 0.3.30 picks its
-    # SkylakeX kernels on the 2-core benchmark machines (AMD EPYC, Intel Xeon), and its
-    # threaded Cholesky solve segfaults there from n = 20000 on; its Haswell kernels (AVX2)
-    # run the same solve on both threads. A user's own OPENBLAS_CORETYPE wins.
-    env = dict(os.environ)
-    env.setdefault("OPENBLAS_CORETYPE", "Haswell")
-    with tempfile.TemporaryDirectory() as tmp:
-        data, out = Path(tmp) / "data.npz", Path(tmp) / "out.json"
-        np.savez(data, X=X.astype(np.float64), Y=np.eye(10)[y], X_test=X_test.astype(np.float64),
-                 y_test=y_test, gamma=GAMMA, alpha=KRR_ALPHA)  # fmt: skip
-        worker = Path(__file__).resolve().parent / "_krr_worker.py"
-        done = subprocess.run(
-            [sys.executable, str(worker), str(data), str(out)], check=False, env=env
-        )
-        if done.returncode != 0:
-            return {"skipped": f"KernelRidge worker failed (exit code {done.returncode})"}
-        result = json.loads(out.read_text())
-        result["openblas_coretype"] = env["OPENBLAS_CORETYPE"]
-        return result
+    return krr_in_worker(X, np.eye(10)[y], X_test, y_test, gamma=GAMMA, alpha=KRR_ALPHA)
 
 
 def nystroem_ridge(X, y, X_test, y_test, n_components, args):

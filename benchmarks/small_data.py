@@ -20,16 +20,11 @@ fit at every n.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS_DIR, machine, plot_path, versions, write_json
+from _common import RESULTS_DIR, krr_in_worker, machine, plot_path, versions, write_json
 from _tabular import SETS, preprocessor, split
 
 import eigenpro.estimators
@@ -80,24 +75,13 @@ def _eigenpro_fit(X, y, X_test, y_test) -> dict:
 
 
 def _krr_fit(X, y, X_test, y_test, bandwidth: float, alpha: float) -> dict:
-    """KernelRidge in a process of its own (``_krr_worker.py``: a crash of the exact solver
-    is reported, as in compare.py, with OpenBLAS's Haswell kernels unless set)."""
-    env = dict(os.environ)
-    env.setdefault("OPENBLAS_CORETYPE", "Haswell")
-    with tempfile.TemporaryDirectory() as tmp:
-        data, out = Path(tmp) / "data.npz", Path(tmp) / "out.json"
-        # Centred targets (KernelRidge has no intercept): R^2 is that of y - mean + mean.
-        mean = float(np.mean(y))
-        np.savez(data, X=X.astype(np.float64), Y=y.astype(np.float64) - mean,
-                 X_test=X_test.astype(np.float64), y_test=y_test - mean,
-                 gamma=0.5 / bandwidth**2, alpha=alpha)  # fmt: skip
-        worker = Path(__file__).resolve().parent / "_krr_worker.py"
-        done = subprocess.run([sys.executable, str(worker), str(data), str(out)], env=env,
-                              check=False)  # fmt: skip
-        if done.returncode != 0:
-            return {"fit_seconds": None, "skipped": f"worker exit code {done.returncode}"}
-        result = json.loads(out.read_text())
-    result["openblas_coretype"] = env["OPENBLAS_CORETYPE"]
+    """KernelRidge on the centred targets (it has no intercept; R^2 is that of y - mean +
+    mean), in a worker process (:func:`_common.krr_in_worker`)."""
+    mean = float(np.mean(y))
+    result = krr_in_worker(X, y - mean, X_test, y_test - mean, gamma=0.5 / bandwidth**2,
+                           alpha=alpha)  # fmt: skip
+    if "skipped" in result:
+        result["fit_seconds"] = None
     return result
 
 

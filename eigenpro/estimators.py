@@ -55,6 +55,7 @@ from .model_selection import (
     SELECTION_ROWS,
     choose,
     median_distance,
+    ridge_for_size,
 )
 from .model_size import DEFAULT_BUDGET_GFLOP, ModelSize, choose_model_size
 from .precision import PRECISIONS, choose_precision
@@ -756,7 +757,7 @@ class _BaseEigenPro(BaseEstimator):
         spec = self._centers_spec
         p = n if spec is None else (int(spec) if isinstance(spec, Integral) else len(spec))
         s = rows.shape[0]
-        alpha_rows = selection.alpha if selection is not None else alpha * (s / max(n, 1)) ** 0.5
+        alpha_rows = selection.alpha if selection is not None else ridge_for_size(alpha, n, s)
         device = resolve_device(self.device)
         choice = choose_precision(
             self.precision, kernel, rows, Y_rows, alpha_rows, dtype=resolve_dtype(self.dtype),

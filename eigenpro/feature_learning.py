@@ -218,17 +218,13 @@ class _RFMBase(BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- to be given by the subclasses
-    def _default_estimator(self, kernel: str):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _score(self, model, X, y, sample_weight) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # Subclasses give ``_default_estimator(kernel)`` (the plain model) and
+    # ``_score(model, X, y, sample_weight)`` (the held-out score, higher is better).
 
     def _stratify(self, y):
+        """The labels to stratify the held-out split by (None: not stratified)."""
         return None
 
-    # --
     def _templates(self) -> list:
         """The plain models round 0 tries: the given one, or the default kernels."""
         if self.estimator is not None:
@@ -314,7 +310,7 @@ class _RFMBase(BaseEstimator):
             idx = np.arange(n)
             train, val = train_test_split(
                 idx, test_size=self.validation_fraction, random_state=seed,
-                stratify=self._stratify(y) if self._stratifiable(y) else None,
+                stratify=self._stratify(y),
             )  # fmt: skip
         else:
             train, val = np.arange(n), np.arange(0)
@@ -370,9 +366,6 @@ class _RFMBase(BaseEstimator):
         diag = np.clip(np.diag(self.metric_), 0.0, None)
         self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full(d, 1 / d)
         return self
-
-    def _stratifiable(self, y) -> bool:
-        return False
 
     def _inputs(self, X) -> np.ndarray:
         check_is_fitted(self, "estimator_")
@@ -487,14 +480,10 @@ class EigenProRFMClassifier(ClassifierMixin, _RFMBase):
     def _score(self, model, X, y, sample_weight) -> float:
         return float(accuracy_score(y, model.predict(X), sample_weight=sample_weight))
 
-    def _stratifiable(self, y) -> bool:
-        y = np.asarray(y)
-        if y.ndim != 1:
-            return False
-        _, counts = np.unique(y, return_counts=True)
-        return counts.min() >= 2
-
     def _stratify(self, y):
+        y = np.asarray(y)
+        if y.ndim != 1 or np.unique(y, return_counts=True)[1].min() < 2:
+            return None  # a class with one row cannot be on both sides
         return y
 
     def fit(self, X, y, sample_weight=None):

@@ -12,6 +12,7 @@ their profile in place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from abc import ABC, abstractmethod
@@ -266,10 +267,9 @@ class RadialKernel(Kernel):
         return self._augmented(X, centers.origin, centers=False)
 
     def prepared_block(self, points, centers, out=None):
-        if self._bf16(points):
-            with bf16_products(points.device):
-                return self.profile_(torch.mm(points, centers.data.T, out=out))
-        return self.profile_(torch.mm(points, centers.data.T, out=out))
+        with bf16_products(points.device) if self._bf16(points) else contextlib.nullcontext():
+            block = torch.mm(points, centers.data.T, out=out)
+        return self.profile_(block)
 
     def block(self, X, Z):
         centers = self.prepare(Z)
